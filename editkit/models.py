@@ -1,0 +1,176 @@
+"""Loading Stable Diffusion pipelines: a hub id, a local folder, a single checkpoint file, or a pipeline.
+
+Every way in ends in the same place, a diffusers ``StableDiffusionPipeline`` or
+``StableDiffusionXLPipeline`` with a DDIM scheduler (the sampler Prompt-to-Prompt, null-text inversion and
+Plug-and-Play are defined with). When no weights can be found, :class:`ModelNotFoundError` says how to
+point at a model instead of a stack trace from deep inside the hub client.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+HOW_TO_POINT = (
+    "Point editkit at a Stable Diffusion model in one of these ways:\n"
+    "  - a local diffusers folder (with model_index.json), e.g. load_pipeline('/models/sd15')\n"
+    "  - a single checkpoint file, e.g. load_pipeline('/models/v1-5-pruned-emaonly.safetensors')\n"
+    "  - a Hugging Face hub id already in your local cache, or with network access,\n"
+    "    e.g. load_pipeline('stable-diffusion-v1-5/stable-diffusion-v1-5')\n"
+    "  - an already-loaded diffusers StableDiffusionPipeline / StableDiffusionXLPipeline."
+)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No Stable Diffusion weights could be found for what the user named."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """fp16 on a GPU, fp32 on the CPU (fp16 matmuls are slow or missing there)."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def _is_pipeline(obj) -> bool:
+    from diffusers import DiffusionPipeline
+
+    return isinstance(obj, DiffusionPipeline)
+
+
+def _to_ddim(pipe):
+    from diffusers import DDIMScheduler
+
+    if not isinstance(pipe.scheduler, DDIMScheduler):
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    return pipe
+
+
+def _check_family(pipe):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if not isinstance(pipe, StableDiffusionPipeline | StableDiffusionXLPipeline):
+        raise TypeError(
+            f"editkit works on Stable Diffusion 1.x/2.x and SDXL pipelines, got {type(pipe).__name__}. "
+            + HOW_TO_POINT
+        )
+
+
+def _guess_xl_from_file(path: Path) -> bool:
+    """SDXL single files carry a second text encoder under 'conditioner.embedders.1'."""
+    if path.suffix != ".safetensors":
+        return "xl" in path.name.lower()
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return any(k.startswith("conditioner.embedders.1") for k in f.keys())
+
+
+def load_pipeline(
+    model,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    local_files_only: bool | None = None,
+    scheduler: str = "ddim",
+):
+    """Load a Stable Diffusion pipeline for editing.
+
+    Args:
+        model: a hub id (``"stable-diffusion-v1-5/stable-diffusion-v1-5"``), a local diffusers folder, a
+            single ``.safetensors`` / ``.ckpt`` checkpoint, or an already-loaded diffusers pipeline (returned
+            as is, apart from the scheduler and device).
+        device: where to put it; default CUDA when available, else CPU.
+        dtype: default fp16 on CUDA, fp32 on CPU.
+        local_files_only: for hub ids, do not try the network. Default: ``HF_HUB_OFFLINE`` decides.
+        scheduler: ``"ddim"`` (default, what the editing methods are defined with) or ``"keep"``.
+
+    Raises:
+        ModelNotFoundError: nothing loadable at ``model``, with instructions on how to point at a model.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+
+    if _is_pipeline(model):
+        pipe = model
+    elif isinstance(model, str | os.PathLike):
+        pipe = _load_from_path_or_hub(str(model), dtype, local_files_only)
+    else:
+        raise TypeError(
+            f"model must be a path, a hub id or a diffusers pipeline, got {type(model).__name__}. " + HOW_TO_POINT
+        )
+    _check_family(pipe)
+    if scheduler == "ddim":
+        _to_ddim(pipe)
+    elif scheduler != "keep":
+        raise ValueError(f"scheduler must be 'ddim' or 'keep', got {scheduler!r}")
+    if pipe.unet.dtype != dtype:
+        pipe = pipe.to(dtype=dtype)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_from_path_or_hub(name: str, dtype, local_files_only):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix not in (".safetensors", ".ckpt", ".pt", ".bin"):
+            raise ModelNotFoundError(f"{path} is not a checkpoint file (.safetensors or .ckpt).\n" + HOW_TO_POINT)
+        cls = StableDiffusionXLPipeline if _guess_xl_from_file(path) else StableDiffusionPipeline
+        try:
+            return cls.from_single_file(str(path), **_dtype_kwarg(dtype), local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - the loader raises many types; name the file and the cause
+            raise ModelNotFoundError(
+                f"could not load the checkpoint {path}: {e}\n"
+                "Single-file loading needs the model's configuration files in the local hub cache "
+                "(or network access). A diffusers folder always works offline.\n" + HOW_TO_POINT
+            ) from e
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).\n" + HOW_TO_POINT)
+        return _from_pretrained(str(path), dtype, local_files_only=True)
+    if name.startswith((".", "/", "~")) or os.sep in name.rstrip("/").split("/", 1)[-1]:
+        raise ModelNotFoundError(f"no file or folder at {name!r}.\n" + HOW_TO_POINT)
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return _from_pretrained(name, dtype, local_files_only=local_files_only)
+    except Exception as e:  # noqa: BLE001
+        raise ModelNotFoundError(
+            f"could not load {name!r} from the Hugging Face hub or its local cache ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}).\n" + HOW_TO_POINT
+        ) from e
+
+
+def _from_pretrained(name: str, dtype, local_files_only: bool):
+    from diffusers import DiffusionPipeline
+
+    extra = {}
+    if _is_sd1_like(name):
+        # SD 1.x/2.x: do not load the safety checker (editing is not text-to-image serving).
+        extra = dict(safety_checker=None, requires_safety_checker=False)
+    return DiffusionPipeline.from_pretrained(name, **_dtype_kwarg(dtype), local_files_only=local_files_only, **extra)
+
+
+def _dtype_kwarg(dtype) -> dict:
+    """Recent diffusers renamed ``torch_dtype`` to ``dtype``; pass whichever this version expects."""
+    from diffusers.pipelines import pipeline_utils
+
+    return {"dtype": dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
+def _is_sd1_like(name: str) -> bool:
+    """SD 1.x/2.x pipelines take ``safety_checker=None``; SDXL ones reject the keyword."""
+    path = Path(name)
+    index = path / "model_index.json"
+    if index.is_file():
+        import json
+
+        return json.loads(index.read_text()).get("_class_name") == "StableDiffusionPipeline"
+    return "xl" not in name.lower()

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny Stable Diffusion pipelines built offline and loaded through editkit's own loader."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SCENES = REPO.parent / "shared" / "scenes"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny SD 1.x / 2.x / SDXL pipelines saved in diffusers' folder layout."""
+    from editkit.testing import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {flavour: save_tiny_pipeline(root / flavour, flavour) for flavour in ("sd1", "sd2", "sdxl")}
+
+
+@pytest.fixture(scope="session")
+def sd1(tiny_model_dirs):
+    from editkit import load_pipeline
+
+    return load_pipeline(tiny_model_dirs["sd1"], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sd2(tiny_model_dirs):
+    from editkit import load_pipeline
+
+    return load_pipeline(tiny_model_dirs["sd2"], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sdxl(tiny_model_dirs):
+    from editkit import load_pipeline
+
+    return load_pipeline(tiny_model_dirs["sdxl"], device="cpu")
