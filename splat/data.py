@@ -1,0 +1,105 @@
+"""Training / test views with their images, resized on load.
+
+Sizes: an image of width ``w`` is divided by ``downscale``; if it is then still wider than ``max_width``
+(1600 by default, the original's rule) it is scaled down to exactly ``max_width``. Each image keeps its
+own size and intrinsics, so mixed sizes and portrait/landscape orientations are fine.
+Split: with ``test_every = k > 0`` every k-th view (sorted by name, starting at 0) is held out, as the
+original's ``llffhold = 8``; ``test_every = 0`` trains on everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from splat.colmap import SceneModel, View
+
+
+@dataclass
+class Frame:
+    name: str
+    image: Tensor  # [H, W, 3] float32 in [0, 1]
+    K: Tensor  # [3, 3] float32
+    viewmat: Tensor  # [4, 4] float32 world-to-camera
+    width: int
+    height: int
+
+
+def target_size(width: int, height: int, downscale: float, max_width: int) -> tuple[int, int]:
+    scale = 1.0 / downscale
+    if max_width > 0 and width * scale > max_width:
+        scale = max_width / width
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def split_indices(n: int, test_every: int) -> tuple[list[int], list[int]]:
+    if test_every <= 0:
+        return list(range(n)), []
+    test = [i for i in range(n) if i % test_every == 0]
+    return [i for i in range(n) if i % test_every != 0], test
+
+
+class ViewDataset:
+    """Frames of one split; images are decoded on first use and kept in memory as uint8."""
+
+    def __init__(self, views: list[View], downscale: float = 1.0, max_width: int = 1600):
+        if downscale <= 0:
+            raise ValueError(f"downscale must be positive, got {downscale}")
+        self.views = views
+        self.downscale = downscale
+        self.max_width = max_width
+        self._cache: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def size(self, i: int) -> tuple[int, int]:
+        v = self.views[i]
+        return target_size(v.width, v.height, self.downscale, self.max_width)
+
+    def intrinsics(self, i: int) -> np.ndarray:
+        v = self.views[i]
+        w, h = self.size(i)
+        K = v.K.copy()
+        K[0] *= w / v.width
+        K[1] *= h / v.height
+        return K
+
+    def _image(self, i: int) -> Tensor:
+        if i not in self._cache:
+            v = self.views[i]
+            with Image.open(v.image_path) as im:
+                im = ImageOps.exif_transpose(im) if v.exif_transpose else im
+                im = im.convert("RGB")
+                size = self.size(i)
+                if im.size != size:
+                    im = im.resize(size, Image.Resampling.LANCZOS)
+                self._cache[i] = torch.from_numpy(np.asarray(im).copy())  # [H, W, 3] uint8
+        return self._cache[i]
+
+    def __getitem__(self, i: int) -> Frame:
+        v = self.views[i]
+        w, h = self.size(i)
+        return Frame(
+            name=v.name,
+            image=self._image(i).float() / 255.0,
+            K=torch.from_numpy(self.intrinsics(i)).float(),
+            viewmat=torch.from_numpy(v.cam_from_world).float(),
+            width=w,
+            height=h,
+        )
+
+
+def camera_extent(model: SceneModel, indices: list[int]) -> float:
+    """The original's scene radius: 1.1 x the largest distance of a camera centre from their mean."""
+    centres = []
+    for i in indices:
+        w2c = model.views[i].cam_from_world
+        centres.append(-w2c[:3, :3].T @ w2c[:3, 3])
+    c = np.stack(centres)
+    radius = float(np.linalg.norm(c - c.mean(0), axis=1).max()) * 1.1
+    return radius if radius > 0 else 1.0
