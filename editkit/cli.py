@@ -1,0 +1,348 @@
+"""The ``editkit`` command: edit photos, generate-and-edit, or serve the editing UI.
+
+    editkit edit cat.jpg --source "a cat sitting on a table" --target "a dog sitting on a table"
+    editkit edit cat.jpg --method pnp --target "a watercolor painting of a cat"
+    editkit edit a.jpg b.jpg --pairs prompts.tsv --heatmaps --output out/
+    editkit generate --source "a cat riding a bicycle" --target "a dog riding a bicycle"
+    editkit ui --model /models/sd15
+
+Every option is documented in ``editkit COMMAND --help``. The paths of the written images are printed on
+stdout, one per line (messages go to stderr), so scripts can collect them.
+
+Exit codes, for scripts:
+
+    0  everything was written
+    1  an unexpected internal error (a bug: please report it with the message)
+    2  bad usage or input: unknown option, missing prompt or image, unreadable image, a word swap whose
+       prompts differ in length, a word that is not in the prompt, a malformed pairs file
+    3  model not found: no weights at --model (the message says how to point at a model)
+    130  interrupted (Ctrl-C)
+
+Batch form: ``--pairs FILE`` takes one edit per line instead of ``--source`` / ``--target``, either
+tab-separated (``source<TAB>target[<TAB>target...]``, ``#`` starts a comment) or JSON lines
+(``{"source": "...", "target": "..."}`` or ``"targets": [...]``); with several images, every pair is applied
+to every image, and the inversion of an image is computed once per source prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_MODEL_NOT_FOUND = 3
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit code 2)."""
+
+
+@dataclass(kw_only=True)
+class ModelOptions:
+    model: str = DEFAULT_MODEL
+    """Stable Diffusion model: a Hugging Face hub id (cached, or with network), a local diffusers folder, or a
+    single .safetensors/.ckpt checkpoint file."""
+    device: str | None = None
+    """Device to run on (cuda, cuda:1, cpu, mps). Default: CUDA when available, else CPU; fp16 on GPU, fp32 on
+    CPU."""
+
+
+@dataclass(kw_only=True)
+class SamplingOptions(ModelOptions):
+    steps: int = 50
+    """Number of DDIM denoising steps (the methods are defined with 50)."""
+    guidance: float = 7.5
+    """Classifier-free guidance scale (>= 1)."""
+    seed: int = 0
+    """Random seed of the initial noise (generate) or of the sampler (edit); -1 for a random seed."""
+    output: Path = Path("editkit-out")
+    """Folder the images are written to (created if missing)."""
+    heatmaps: bool = False
+    """Also write the per-token cross-attention heatmaps of every prompt (Prompt-to-Prompt only)."""
+    quiet: bool = False
+    """No progress bars and no messages on stderr (paths are still printed on stdout)."""
+
+
+@dataclass(kw_only=True)
+class P2POptions(SamplingOptions):
+    source: str = ""
+    """Source prompt: what the image shows (edit) or what to generate first (generate)."""
+    target: tuple[str, ...] = ()
+    """Target prompt(s): what the edited image should show; several give several edits of the same source."""
+    pairs: Path | None = None
+    """Batch: a file of prompt pairs instead of --source/--target, TSV (source<TAB>target[<TAB>target...]) or
+    JSON lines ({"source": ..., "target": ...} or "targets": [...])."""
+    edit: Literal["replace", "refine"] = "replace"
+    """Prompt-to-Prompt edit: 'replace' swaps words (the prompts have the same number of words), 'refine' adds
+    or changes words."""
+    cross_replace: float = 0.8
+    """Fraction of the steps in which the source's cross-attention maps are injected (0..1)."""
+    self_replace: float = 0.4
+    """Fraction of the steps in which the source's self-attention maps are injected (0..1)."""
+    reweight: tuple[str, ...] = ()
+    """Scale the attention of target-prompt words: WORD=SCALE ..., e.g. --reweight smiling=2 red=0.5."""
+    blend_source: tuple[str, ...] = ()
+    """Local blend: words of the source prompt whose region is edited; the rest of the image is kept."""
+    blend_target: tuple[str, ...] = ()
+    """Local blend: words of the target prompt(s) whose region is edited (default: the source words)."""
+
+
+@dataclass(kw_only=True)
+class Edit(P2POptions):
+    """Edit real photos with Prompt-to-Prompt (after inversion) or Plug-and-Play."""
+
+    images: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="IMAGE")]] = ()
+    """The photos to edit (PNG, JPEG, ...); they are center-cropped and resized to the model's resolution."""
+    method: Literal["p2p", "pnp"] = "p2p"
+    """Editing method: 'p2p' (Prompt-to-Prompt on an inversion) or 'pnp' (Plug-and-Play)."""
+    inversion: Literal["null-text", "negative-prompt", "ddim", "direct"] = "null-text"
+    """Inversion for p2p: 'null-text' (most faithful, slowest), 'negative-prompt' and 'direct' (fast), 'ddim'."""
+    pnp_f_t: float = 0.8
+    """Plug-and-Play: fraction of the steps in which the source's ResNet features are injected (0..1)."""
+    pnp_attn_t: float = 0.5
+    """Plug-and-Play: fraction of the steps in which the source's self-attention is injected (0..1)."""
+
+
+@dataclass(kw_only=True)
+class Generate(P2POptions):
+    """Generate an image from the source prompt and edit it into the target prompt(s) with Prompt-to-Prompt."""
+
+
+@dataclass(kw_only=True)
+class Ui(ModelOptions):
+    """Serve the editing UI (Gradio) in the browser."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0 to serve other machines)."""
+    port: int | None = None
+    """Port to listen on (default: Gradio's, 7860 or the next free one)."""
+    share: bool = False
+    """Create a public gradio.live link."""
+    steps: int = 50
+    """Initial value of the steps sliders."""
+
+
+Command = (
+    Annotated[Edit, tyro.conf.subcommand("edit")]
+    | Annotated[Generate, tyro.conf.subcommand("generate")]
+    | Annotated[Ui, tyro.conf.subcommand("ui")]
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _say(opts, message: str) -> None:
+    if not getattr(opts, "quiet", False):
+        print(message, file=sys.stderr)
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe version of a prompt: ``"a dog, smiling"`` -> ``"a_dog_smiling"``."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:limit] or "prompt"
+
+
+def read_pairs(path: Path) -> list[tuple[str, list[str]]]:
+    """Read a prompt-pairs file (TSV or JSON lines); raises :class:`UsageError` naming the bad line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read the pairs file {path}: {e.strerror or e}") from e
+    pairs = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}, line {n}"
+        if line.lstrip().startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{where}: not valid JSON ({e.msg})") from e
+            targets = row.get("targets", row.get("target"))
+            targets = [targets] if isinstance(targets, str) else list(targets or [])
+            source = row.get("source", "")
+        else:
+            source, *targets = [c.strip() for c in line.split("\t")]
+        if not source or not any(t.strip() for t in targets):
+            raise UsageError(f"{where}: needs a source and at least one target prompt (TAB-separated or JSON)")
+        pairs.append((source, [t for t in targets if t.strip()]))
+    if not pairs:
+        raise UsageError(f"{path} has no prompt pairs")
+    return pairs
+
+
+def _prompt_pairs(opts: P2POptions) -> list[tuple[str, list[str]]]:
+    if opts.pairs is not None:
+        if opts.source or opts.target:
+            raise UsageError("give either --pairs or --source/--target, not both")
+        return read_pairs(opts.pairs)
+    if not opts.source.strip():
+        raise UsageError("--source is required (or --pairs FILE)")
+    if not opts.target:
+        raise UsageError("--target is required (or --pairs FILE)")
+    return [(opts.source, list(opts.target))]
+
+
+def _p2p_settings(opts: P2POptions):
+    from apps.editing import P2PSettings, parse_reweight
+
+    return P2PSettings(
+        kind=opts.edit,
+        cross_replace=opts.cross_replace,
+        self_replace=opts.self_replace,
+        reweight=parse_reweight(opts.reweight),
+        blend_source=list(opts.blend_source),
+        blend_target=list(opts.blend_target),
+    )
+
+
+def _seed(seed: int):
+    return None if seed < 0 else seed
+
+
+def _load(opts: ModelOptions):
+    from editkit import load_pipeline
+
+    _say(opts, f"loading {opts.model} ...")
+    pipe = load_pipeline(opts.model, device=opts.device)
+    _say(opts, f"model on {pipe.device} in {str(pipe.unet.dtype).replace('torch.', '')}")
+    return pipe
+
+
+def _write(image, path: Path, written: list[Path]) -> None:
+    image.save(path)
+    written.append(path)
+    print(path, flush=True)
+
+
+def _write_outcome(outcome, folder: Path, stem: str, targets: list[str], written: list[Path], source: bool = True):
+    if source:
+        _write(outcome.source, folder / f"{stem}_source.png", written)
+    for k, (image, prompt) in enumerate(zip(outcome.targets, targets, strict=False)):
+        _write(image, folder / f"{stem}_edit{k}_{slug(prompt)}.png", written)
+    for k, (_, heatmap) in enumerate(outcome.heatmaps):
+        name = "source" if k == 0 else f"edit{k - 1}"
+        _write(heatmap, folder / f"{stem}_heatmap_{name}.png", written)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def run_generate(opts: Generate) -> list[Path]:
+    from apps import editing
+
+    pairs = _prompt_pairs(opts)
+    settings = _p2p_settings(opts)
+    pipe = _load(opts)
+    opts.output.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for n, (source, targets) in enumerate(pairs):
+        _say(opts, f"[{n + 1}/{len(pairs)}] {source!r} -> {targets}")
+        outcome = editing.generate(pipe, source, targets, settings, steps=opts.steps, guidance=opts.guidance,
+                                   seed=_seed(opts.seed), heatmaps=opts.heatmaps, progress=not opts.quiet)
+        _write_outcome(outcome, opts.output, f"{n:03d}", targets, written)
+    return written
+
+
+def run_edit(opts: Edit) -> list[Path]:
+    from apps import editing
+
+    if not opts.images:
+        raise UsageError("give at least one image to edit: editkit edit IMAGE [IMAGE ...] --source ... --target ...")
+    missing = [str(p) for p in opts.images if not Path(p).is_file()]
+    if missing:
+        raise UsageError(f"no such image file: {', '.join(missing)}")
+    if opts.method == "pnp":
+        if opts.pairs is None and not opts.target:
+            raise UsageError("--target is required (or --pairs FILE)")
+        pairs = read_pairs(opts.pairs) if opts.pairs is not None else [(opts.source, list(opts.target))]
+        if opts.heatmaps:
+            _say(opts, "note: --heatmaps applies to p2p only; Plug-and-Play stores no cross-attention maps")
+    else:
+        pairs = _prompt_pairs(opts)
+        settings = _p2p_settings(opts)
+    pipe = _load(opts)
+    opts.output.mkdir(parents=True, exist_ok=True)
+    cache = editing.InversionCache(capacity=4)
+    written: list[Path] = []
+    for image_path in opts.images:
+        stem = slug(Path(image_path).stem)
+        for n, (source, targets) in enumerate(pairs):
+            tag = stem if len(pairs) == 1 else f"{stem}_{n:03d}"
+            _say(opts, f"{image_path}: {source!r} -> {targets} ({opts.method})")
+            if opts.method == "pnp":
+                outcomes = [
+                    editing.edit_photo_pnp(pipe, image_path, t, source=source, feature_threshold=opts.pnp_f_t,
+                                           attention_threshold=opts.pnp_attn_t, steps=opts.steps,
+                                           guidance=opts.guidance, seed=_seed(opts.seed), cache=cache,
+                                           progress=not opts.quiet)
+                    for t in targets
+                ]
+                outcome = outcomes[0]
+                outcome.targets = [o.targets[0] for o in outcomes]
+            else:
+                outcome = editing.edit_photo_p2p(pipe, image_path, source, targets, settings,
+                                                 inversion=opts.inversion, steps=opts.steps, guidance=opts.guidance,
+                                                 seed=_seed(opts.seed), heatmaps=opts.heatmaps, cache=cache,
+                                                 progress=not opts.quiet)
+            _write_outcome(outcome, opts.output, tag, targets, written)
+    return written
+
+
+def run_ui(opts: Ui) -> None:
+    from apps.ui import launch
+
+    launch(opts.model, host=opts.host, port=opts.port, share=opts.share, device=opts.device,
+           default_steps=opts.steps, block=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``editkit`` console script; returns the exit code (see the module docstring)."""
+    description = __doc__.replace("``", "`")
+    try:
+        opts = tyro.cli(Command, args=argv, prog="editkit", description=description,
+                        config=(tyro.conf.OmitSubcommandPrefixes,))
+    except SystemExit as e:  # --help (0) or a parse error (2)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    from editkit.models import ModelNotFoundError
+
+    try:
+        if isinstance(opts, Ui):
+            run_ui(opts)
+            return EXIT_OK
+        written = run_edit(opts) if isinstance(opts, Edit) else run_generate(opts)
+    except ModelNotFoundError as e:
+        print(f"editkit: model not found: {e}", file=sys.stderr)
+        return EXIT_MODEL_NOT_FOUND
+    except ValueError as e:  # UsageError, apps.editing.InputError and the engine's input checks
+        print(f"editkit: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("editkit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - one line for scripts, the traceback for the bug report
+        import traceback
+
+        traceback.print_exc()
+        print(f"editkit: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_INTERNAL
+    _say(opts, f"wrote {len(written)} file(s) to {opts.output}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
