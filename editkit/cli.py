@@ -285,15 +285,10 @@ def run_edit(opts: Edit) -> list[Path]:
             tag = stem if len(pairs) == 1 else f"{stem}_{n:03d}"
             _say(opts, f"{image_path}: {source!r} -> {targets} ({opts.method})")
             if opts.method == "pnp":
-                outcomes = [
-                    editing.edit_photo_pnp(pipe, image_path, t, source=source, feature_threshold=opts.pnp_f_t,
-                                           attention_threshold=opts.pnp_attn_t, steps=opts.steps,
-                                           guidance=opts.guidance, seed=_seed(opts.seed), cache=cache,
-                                           progress=not opts.quiet)
-                    for t in targets
-                ]
-                outcome = outcomes[0]
-                outcome.targets = [o.targets[0] for o in outcomes]
+                outcome = editing.edit_photo_pnp(pipe, image_path, targets, source=source,
+                                                 feature_threshold=opts.pnp_f_t, attention_threshold=opts.pnp_attn_t,
+                                                 steps=opts.steps, guidance=opts.guidance, seed=_seed(opts.seed),
+                                                 cache=cache, progress=not opts.quiet)
             else:
                 outcome = editing.edit_photo_p2p(pipe, image_path, source, targets, settings,
                                                  inversion=opts.inversion, steps=opts.steps, guidance=opts.guidance,

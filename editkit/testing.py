@@ -108,12 +108,20 @@ def _text_encoder(vocab_size: int, hidden: int, projection: bool, seed: int):
         return cls(config).eval()
 
 
-def tiny_unet(flavour: str = "sd1", seed: int = 0, block_out_channels=(32, 64), cross_attention_dim=None):
-    """A tiny ``UNet2DConditionModel`` of the given flavour (random weights, deterministic in ``seed``)."""
+def tiny_unet(flavour: str = "sd1", seed: int = 0, block_out_channels=None, cross_attention_dim=None):
+    """A tiny ``UNet2DConditionModel`` of the given flavour (random weights, deterministic in ``seed``).
+
+    The block structure is that of the real family (SD 1.x/2.x: four blocks, attention in the first three
+    down blocks, the mid block and the last three up blocks; SDXL: three blocks, no attention in the
+    first), so the layer choices made relative to the latent size meet the same layers as on the real
+    models, only with few channels.
+    """
     from diffusers import UNet2DConditionModel
 
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
+    if block_out_channels is None:
+        block_out_channels = (16, 32, 32) if flavour == "sdxl" else (16, 16, 32, 32)
     n = len(block_out_channels)
     common = dict(
         sample_size=16,

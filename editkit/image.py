@@ -1,0 +1,162 @@
+"""Loading real images for editing: any file PIL reads, in any mode, to an RGB image of a size the model takes.
+
+Size policy (:func:`load_image`):
+
+* ``size=S`` (an int, the default 512) and ``keep_aspect=False``: center-crop to a square on the shorter
+  side, then resize to ``S x S`` (what the Prompt-to-Prompt / null-text notebooks' ``load_512`` and
+  pnp-diffusers do).
+* ``size=(h, w)`` and ``keep_aspect=False``: center-crop to the aspect ratio ``h / w``, then resize to
+  ``h x w``.
+* ``size=S`` and ``keep_aspect=True``: resize so the *longer* side is ``S``, then center-crop both sides
+  down to a multiple of ``multiple`` (no distortion; at most ``multiple - 1`` pixels lost per side).
+* ``size=None``: keep the image's own size, center-cropped down to multiples of ``multiple``.
+
+``multiple`` is what the model needs: :func:`model_multiple` gives ``vae_scale_factor * 2**(levels - 1)``
+(64 px for SD 1.x/2.x, 32 px for SDXL) so every UNet level sees whole pixels. Images whose shorter side is
+below ``min_size`` (default ``multiple``) are refused rather than blown up from a few pixels.
+
+Mode conversions: EXIF orientation is applied first (``ImageOps.exif_transpose``); transparent images
+(``RGBA``, ``LA``, ``PA`` and ``P`` with a transparency key) are composited on white; 16-bit grayscale
+(``I;16*``, and ``I`` holding values above 255) is scaled to 8 bits by ``1 / 257``; float images (``F``)
+in ``[0, 1]`` are scaled by 255; everything else goes through ``Image.convert("RGB")``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["load_image", "image_to_tensor", "model_multiple", "to_rgb"]
+
+
+def model_multiple(pipe) -> int:
+    """Pixel multiple a pipeline's UNet takes without padding: ``vae_scale_factor * 2**(levels - 1)``."""
+    levels = len(pipe.unet.config.block_out_channels)
+    return int(pipe.vae_scale_factor) * 2 ** (levels - 1)
+
+
+def _open(source) -> tuple[Image.Image, str]:
+    if isinstance(source, Image.Image):
+        return source, "<PIL image>"
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(f"image must be a file path or a PIL.Image, got {type(source).__name__}")
+    path = Path(source).expanduser()
+    name = str(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no image file at {name}")
+    if path.is_dir():
+        raise ValueError(f"{name} is a folder, not an image file")
+    try:
+        image = Image.open(path)
+        image.load()  # decode now: truncated or corrupt files fail here, not later
+    except UnidentifiedImageError as e:
+        raise ValueError(f"{name} is not an image file PIL can read") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"could not read the image {name}: {e}") from e
+    return image, name
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to 8-bit RGB (see the module docstring for the policy)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16") or a.max(initial=0) > 255:
+            a = a / 257.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        a = np.asarray(image, dtype=np.float64)
+        if a.size and np.nanmax(a) <= 1.0:
+            a = a * 255.0
+        a = np.nan_to_num(a)
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")
+
+
+def _center_crop(image: Image.Image, w: int, h: int) -> Image.Image:
+    left = (image.width - w) // 2
+    top = (image.height - h) // 2
+    return image.crop((left, top, left + w, top + h))
+
+
+def load_image(
+    image,
+    size: int | tuple[int, int] | None = 512,
+    keep_aspect: bool = False,
+    multiple: int = 8,
+    min_size: int | None = None,
+) -> Image.Image:
+    """Load ``image`` (a path or a PIL image) as an RGB PIL image of a size the model takes.
+
+    Args:
+        image: a file path or a ``PIL.Image`` in any mode.
+        size: ``S`` (square ``S x S``, or the longer side with ``keep_aspect``), ``(height, width)``, or
+            ``None`` to keep the image's size. See the module docstring.
+        keep_aspect: keep the aspect ratio (only with an int ``size`` or ``None``).
+        multiple: both output sides are multiples of this (see :func:`model_multiple`).
+        min_size: refuse images whose shorter side is smaller (default: ``multiple``).
+
+    Raises:
+        FileNotFoundError: no file at the path.
+        ValueError: not an image, unreadable, too small, or a size the model cannot take.
+
+    Examples:
+        >>> img = load_image("cat.jpg")                    # 512 x 512, center-cropped
+        >>> img = load_image("cat.jpg", 768, keep_aspect=True)
+    """
+    pil, name = _open(image)
+    pil = to_rgb(ImageOps.exif_transpose(pil))
+    if multiple <= 0:
+        raise ValueError(f"multiple must be positive, got {multiple}")
+    min_size = multiple if min_size is None else min_size
+    if min(pil.size) < min_size:
+        raise ValueError(
+            f"{name} is {pil.width}x{pil.height} px (width x height), too small for this model: the shorter "
+            f"side must be at least {min_size} px"
+        )
+
+    if size is None:
+        w, h = pil.width // multiple * multiple, pil.height // multiple * multiple
+        return _center_crop(pil, w, h)
+
+    if keep_aspect:
+        if not isinstance(size, int):
+            raise ValueError(f"keep_aspect=True takes an int size (the longer side), got {size!r}")
+        if size < multiple:
+            raise ValueError(f"size must be at least {multiple} px, got {size}")
+        scale = size / max(pil.size)
+        rw, rh = max(multiple, round(pil.width * scale)), max(multiple, round(pil.height * scale))
+        pil = pil.resize((rw, rh), Image.Resampling.LANCZOS)
+        return _center_crop(pil, rw // multiple * multiple, rh // multiple * multiple)
+
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if h <= 0 or w <= 0 or h % multiple or w % multiple:
+        raise ValueError(f"size must be positive multiples of {multiple} px for this model, got {h}x{w} (height x width)")
+    # Center-crop to the target aspect ratio, then resize.
+    if pil.width * h > pil.height * w:  # too wide
+        crop_w, crop_h = max(1, round(pil.height * w / h)), pil.height
+    else:
+        crop_w, crop_h = pil.width, max(1, round(pil.width * h / w))
+    pil = _center_crop(pil, crop_w, crop_h)
+    if pil.size != (w, h):
+        pil = pil.resize((w, h), Image.Resampling.LANCZOS)
+    return pil
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image to a float32 tensor ``[1, 3, H, W]`` in ``[-1, 1]``."""
+    a = np.asarray(to_rgb(image), dtype=np.float32) / 127.5 - 1.0  # [H, W, 3]
+    return torch.from_numpy(a).permute(2, 0, 1)[None].contiguous()

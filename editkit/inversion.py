@@ -1,0 +1,504 @@
+"""Inverting real images into Stable Diffusion's DDIM trajectory, so they can be edited like generated ones.
+
+Four methods, selected by name in :func:`invert`:
+
+* ``"ddim"``: plain deterministic DDIM inversion with the prompt's conditional prediction only (guidance 1),
+  as the null-text inversion and pnp-diffusers reference code do. Sampling back at guidance 1 returns to the
+  image; at guidance ``w > 1`` (what editing needs) the trajectory drifts.
+* ``"null-text"``: null-text inversion (Mokady et al., CVPR 2023). Around the DDIM trajectory (the "pivot"),
+  the unconditional embedding is optimised per step so that guided sampling follows the pivot.
+* ``"negative-prompt"``: negative-prompt inversion (Miyake et al., 2023). No optimisation: the unconditional
+  embedding is replaced by the source prompt's conditional embedding, so the guided prediction equals the
+  conditional one the inversion used.
+* ``"direct"``: Direct Inversion (Ju et al., ICLR 2024, "PnP Inversion"). No optimisation: while editing,
+  the *source* branch is put back onto the inversion trajectory after every step; the target branches are
+  not touched (they still see the source through the edit's attention injection).
+
+Notation (code name -> symbol in the papers)::
+
+    latents[0], z0            z_0      VAE latent of the image: posterior mean * scaling factor
+    latents[k]                z*_t     the DDIM-inverted latent at the k-th timestep from the end ("pivot")
+    latents[T], noise         z*_T     the inverted noise, where sampling starts
+    t, t_prev                 t, t-1   one DDIM step apart: t_prev = t - num_train_timesteps // T
+    alpha_prod_t              ᾱ_t      scheduler.alphas_cumprod[t] (final_alpha_cumprod when t < 0)
+    eps                       ε_θ(z_t, t, C)   the noise prediction (v- and x0-predictions are converted)
+    cond                      C = ψ(P)  text embedding of the prompt P
+    uncond                    ∅         unconditional ("null-text") embedding; ∅_t when optimised per step
+    guidance_scale            w
+    T                         num_inference_steps
+
+Equations, referred to by number in the code::
+
+    (1) DDIM sampling (Song et al. 2021, eq. 12 with η = 0; Mokady et al. Sec. 3):
+            z_{t-1} = sqrt(ᾱ_{t-1}) * (z_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t) + sqrt(1 - ᾱ_{t-1}) ε
+    (2) DDIM inversion, (1) run backwards with ε_θ(z_{t-1}, t, C) ≈ ε_θ(z_t, t, C) (Mokady et al. Sec. 3):
+            z_t = sqrt(ᾱ_t) * (z_{t-1} - sqrt(1 - ᾱ_{t-1}) ε) / sqrt(ᾱ_{t-1}) + sqrt(1 - ᾱ_t) ε
+    (3) classifier-free guidance:  ε̃ = ε_θ(z_t, t, ∅) + w (ε_θ(z_t, t, C) - ε_θ(z_t, t, ∅))
+    (4) null-text objective, per step, from z̄_T = z*_T (Mokady et al. Sec. 3.2):
+            min_{∅_t} || z*_{t-1} - z_{t-1}(z̄_t, ∅_t, C) ||²,   z_{t-1}(·) = (1) with ε̃ of (3)
+        then z̄_{t-1} = z_{t-1}(z̄_t, ∅_t, C) and ∅_{t-1} starts from ∅_t.
+    (5) negative-prompt inversion (Miyake et al. Sec. 4):  ∅_t := C for every t, so ε̃ = ε_θ(z_t, t, C).
+    (6) Direct Inversion (Ju et al. Sec. 4): after each editing step, source row z^src_{t-1} := z*_{t-1}.
+
+Everything stays in memory (``T + 1`` latents, a few MB at 512 px); :meth:`Inversion.save` writes one
+``.safetensors`` file when an inversion should be reused across sessions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .image import image_to_tensor, load_image, model_multiple
+from .sampling import Conditioning, check_steps, decode_latents, default_size, denoise, encode_image, encode_prompts, predict_noise
+
+METHODS = ("ddim", "null-text", "negative-prompt", "direct")
+_FORMAT = "editkit.inversion/1"
+
+__all__ = ["METHODS", "Inversion", "edit_image", "invert", "reconstruct", "prepare_image"]
+
+
+@dataclass
+class Inversion:
+    """A real image inverted into the DDIM trajectory of a pipeline.
+
+    ``latents[k]`` is the latent after ``k`` inversion steps: ``latents[0]`` is the image latent ``z_0``
+    and ``latents[T]`` the inverted noise ``z_T``. Sampling step ``i`` (``i = 0`` is the noisiest) goes from
+    ``latents[T - i]`` towards ``latents[T - 1 - i]``.
+    """
+
+    latents: torch.Tensor  # [T + 1, C, h, w] float32
+    prompt: str  # the prompt C the image was inverted with (the source prompt of edits)
+    num_inference_steps: int  # T
+    guidance_scale: float  # w the inversion was made for (null-text optimises for it)
+    method: str  # one of METHODS
+    uncond_embeddings: torch.Tensor | None = None  # [T, M, D] float32: ∅_t of sampling step i (null-text only)
+
+    @property
+    def z0(self) -> torch.Tensor:
+        """The image latent ``[1, C, h, w]``."""
+        return self.latents[:1]
+
+    @property
+    def noise(self) -> torch.Tensor:
+        """The inverted noise ``z_T``, ``[1, C, h, w]``: the initial latent of edits."""
+        return self.latents[-1:]
+
+    def latent_at(self, step: int) -> torch.Tensor:
+        """The pivot latent ``[1, C, h, w]`` that sampling step ``step`` should end on."""
+        return self.latents[self.num_inference_steps - 1 - step][None]
+
+    def uncond_list(self, device=None, dtype=None) -> list[torch.Tensor] | None:
+        """The null-text embeddings as the per-step list ``[1, M, D]`` the sampling loop takes."""
+        if self.uncond_embeddings is None:
+            return None
+        return [u[None].to(device=device, dtype=dtype) for u in self.uncond_embeddings]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to one ``.safetensors`` file, atomically (a temporary file renamed into place)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {"latents": self.latents.detach().float().contiguous().cpu()}
+        if self.uncond_embeddings is not None:
+            tensors["uncond_embeddings"] = self.uncond_embeddings.detach().float().contiguous().cpu()
+        metadata = {
+            "format": _FORMAT,
+            "prompt": self.prompt,
+            "num_inference_steps": str(self.num_inference_steps),
+            "guidance_scale": repr(float(self.guidance_scale)),
+            "method": self.method,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Inversion:
+        """Read an inversion written by :meth:`save`."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no inversion file at {path}")
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{path} is not a readable .safetensors file: {e}") from e
+        if meta.get("format") != _FORMAT or "latents" not in tensors:
+            raise ValueError(f"{path} is not an editkit inversion (format {meta.get('format')!r}, expected {_FORMAT!r})")
+        return cls(
+            latents=tensors["latents"],
+            prompt=meta["prompt"],
+            num_inference_steps=int(meta["num_inference_steps"]),
+            guidance_scale=float(meta["guidance_scale"]),
+            method=meta["method"],
+            uncond_embeddings=tensors.get("uncond_embeddings"),
+        )
+
+
+def prepare_image(pipe, image, size=None, keep_aspect: bool = False):
+    """Load ``image`` for ``pipe``: the model's default size (square, center-cropped) unless told otherwise,
+    both sides multiples of :func:`~editkit.image.model_multiple`."""
+    if size is None and not keep_aspect:
+        size = default_size(pipe)
+    elif size is None:
+        size = max(default_size(pipe))
+    return load_image(image, size=size, keep_aspect=keep_aspect, multiple=model_multiple(pipe))
+
+
+def check_method(method) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown inversion method {method!r}; expected one of {', '.join(METHODS)}")
+    return method
+
+
+def _check_guidance(guidance_scale) -> float:
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+    return float(guidance_scale)
+
+
+def _alpha_prod(scheduler, t: int) -> torch.Tensor:
+    """ᾱ_t, with the scheduler's own convention for t < 0 (``final_alpha_cumprod``)."""
+    return scheduler.alphas_cumprod[t] if t >= 0 else scheduler.final_alpha_cumprod
+
+
+def _to_eps(scheduler, model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor) -> torch.Tensor:
+    """The model's prediction as ε, whatever it predicts (as DDIMScheduler.step converts it)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return model_output
+    if kind == "v_prediction":
+        return alpha_prod_t**0.5 * model_output + (1 - alpha_prod_t) ** 0.5 * sample
+    if kind == "sample":
+        return (sample - alpha_prod_t**0.5 * model_output) / (1 - alpha_prod_t) ** 0.5
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+@torch.no_grad()
+def ddim_invert_latent(pipe, z0: torch.Tensor, cond: Conditioning, num_inference_steps: int, progress: bool = True) -> torch.Tensor:
+    """Plain DDIM inversion (2) of ``z0`` ``[1, C, h, w]`` with the conditional prediction only (guidance 1).
+
+    Returns the trajectory ``[T + 1, C, h, w]`` (float32), ``latents[0] = z0``.
+    """
+    check_steps(num_inference_steps)
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(num_inference_steps, device=z0.device)
+    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    z = z0.float()
+    trajectory = [z]
+    timesteps = scheduler.timesteps.flip(0)  # t_1 < t_2 < ... < t_T
+    for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="DDIM inversion", leave=False)):
+        t = int(t)
+        alpha_prod_t_prev = _alpha_prod(scheduler, t - stride).to(z.device)  # ᾱ_{t-1}: where z is now
+        alpha_prod_t = _alpha_prod(scheduler, t).to(z.device)  # ᾱ_t: where it goes
+        out = predict_noise(pipe, z.to(pipe.unet.dtype), t, cond, i, 1.0).float()
+        # ε_θ(z_{t-1}, t, C); v / x0 predictions are converted at the sample's own level ᾱ_{t-1}, as
+        # diffusers' DDIMInverseScheduler does
+        eps = _to_eps(scheduler, out, z, alpha_prod_t_prev)
+        # (2): predicted z_0, then re-noised to level t
+        pred_z0 = (z - (1 - alpha_prod_t_prev) ** 0.5 * eps) / alpha_prod_t_prev**0.5
+        z = alpha_prod_t**0.5 * pred_z0 + (1 - alpha_prod_t) ** 0.5 * eps
+        trajectory.append(z)
+    return torch.cat(trajectory)
+
+
+def null_text_optimisation(
+    pipe,
+    trajectory: torch.Tensor,
+    cond: Conditioning,
+    guidance_scale: float,
+    num_inner_steps: int = 10,
+    early_stop_epsilon: float = 1e-5,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Null-text inversion (4): one optimised unconditional embedding per sampling step.
+
+    Follows the reference notebook exactly: Adam with learning rate ``1e-2 * (1 - i / 100)`` at step ``i``,
+    ``num_inner_steps`` iterations, stopping early once the loss (before the update) is below
+    ``early_stop_epsilon + i * 2e-5``; ∅ is warm-started from the previous step's result. The embedding and
+    its optimiser state are float32 whatever the pipeline dtype (the UNet runs in its own dtype).
+
+    Returns ``[T, M, D]`` float32, row ``i`` for sampling step ``i``.
+    """
+    scheduler = pipe.scheduler
+    unet_dtype = pipe.unet.dtype
+    T = trajectory.shape[0] - 1
+    scheduler.set_timesteps(T, device=trajectory.device)
+    added_cond = cond.added_cond_kwargs(False)
+    added_uncond = None if cond.uncond_added is None else dict(cond.uncond_added)
+    uncond = cond.uncond_at(0)[:1].detach().float().clone()  # ∅ initialised with the empty prompt's embedding
+    z_cur = trajectory[T : T + 1].float()  # z̄_T = z*_T
+    out: list[torch.Tensor] = []
+    bar = tqdm(total=T * num_inner_steps, disable=not progress, desc="null-text optimisation", leave=False)
+
+    def unet(z, t, embeds, added):
+        model_in = scheduler.scale_model_input(z.to(unet_dtype), t)
+        return pipe.unet(model_in, t, encoder_hidden_states=embeds.to(unet_dtype), added_cond_kwargs=added, return_dict=False)[0].float()
+
+    for i, t in enumerate(scheduler.timesteps):
+        target = trajectory[T - 1 - i : T - i].float()  # z*_{t-1}
+        with torch.no_grad():
+            eps_cond = unet(z_cur, t, cond.cond[:1], added_cond)  # ε_θ(z̄_t, t, C), fixed during the inner loop
+        uncond = uncond.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([uncond], lr=1e-2 * (1.0 - i / 100.0))
+        j = -1
+        for j in range(num_inner_steps):
+            with torch.enable_grad():
+                eps_uncond = unet(z_cur, t, uncond, added_uncond)
+                guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)  # (3)
+                z_prev = scheduler.step(guided, t, z_cur, return_dict=False)[0]  # (1)
+                loss = torch.nn.functional.mse_loss(z_prev, target)  # (4)
+                (grad,) = torch.autograd.grad(loss, [uncond])
+            uncond.grad = grad
+            optimizer.step()
+            bar.update()
+            if loss.item() < early_stop_epsilon + i * 2e-5:
+                break
+        bar.update(num_inner_steps - 1 - j)
+        uncond = uncond.detach()
+        out.append(uncond[0])
+        with torch.no_grad():  # z̄_{t-1} with the optimised ∅_t, exactly as the sampling loop will compute it
+            step_cond = Conditioning(cond.cond[:1], uncond.to(cond.cond.dtype), cond.cond_added, cond.uncond_added)
+            guided = predict_noise(pipe, z_cur.to(unet_dtype), t, step_cond, i, guidance_scale).float()
+            z_cur = scheduler.step(guided, t, z_cur, return_dict=False)[0]
+    bar.close()
+    return torch.stack(out)
+
+
+def invert(
+    pipe,
+    image,
+    prompt: str = "",
+    method: str = "null-text",
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    *,
+    num_inner_steps: int = 10,
+    early_stop_epsilon: float = 1e-5,
+    size: int | tuple[int, int] | None = None,
+    keep_aspect: bool = False,
+    progress: bool = True,
+) -> Inversion:
+    """Invert a real image into the pipeline's DDIM trajectory.
+
+    Args:
+        pipe: a Stable Diffusion 1.x/2.x or SDXL pipeline with a DDIM scheduler (:func:`editkit.load_pipeline`).
+        image: a file path or a PIL image (see :func:`editkit.image.load_image` for the size policy).
+        prompt: the prompt describing the image (the source prompt of later edits).
+        method: ``"ddim"``, ``"null-text"`` (default), ``"negative-prompt"`` or ``"direct"``.
+        num_inference_steps: DDIM steps ``T`` (50 in all three papers).
+        guidance_scale: ``w`` the edits will use (7.5); null-text inversion optimises for it.
+        num_inner_steps: null-text only: Adam iterations per step (10).
+        early_stop_epsilon: null-text only: stop a step's iterations once the loss is below
+            ``early_stop_epsilon + i * 2e-5`` (1e-5).
+        size, keep_aspect: passed to :func:`prepare_image` (default: the model's size, center-cropped).
+        progress: show progress bars.
+
+    Returns:
+        :class:`Inversion`.
+
+    Examples:
+        >>> inv = invert(pipe, "cat.jpg", "a cat sitting on a table")
+        >>> reconstruct(pipe, inv).save("cat_rec.png")
+        >>> inv.save("cat.safetensors")
+    """
+    # 1. Check inputs
+    check_method(method)
+    check_steps(num_inference_steps)
+    guidance_scale = _check_guidance(guidance_scale)
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not isinstance(num_inner_steps, int) or num_inner_steps < 0:
+        raise ValueError(f"num_inner_steps must be an integer >= 0, got {num_inner_steps!r}")
+
+    # 2. Image -> z_0
+    pil = prepare_image(pipe, image, size=size, keep_aspect=keep_aspect)
+    device = pipe._execution_device
+    z0 = encode_image(pipe, image_to_tensor(pil).to(device))  # [1, C, h, w]
+
+    # 3. Prompt embeddings C and ∅ (the empty prompt)
+    cond = encode_prompts(pipe, [prompt], height=pil.height, width=pil.width)
+
+    # 4. DDIM inversion (2), conditional prediction only
+    trajectory = ddim_invert_latent(pipe, z0, cond, num_inference_steps, progress=progress)
+
+    # 5. Null-text optimisation (4)
+    uncond = None
+    if method == "null-text":
+        uncond = null_text_optimisation(
+            pipe, trajectory, cond, guidance_scale, num_inner_steps, early_stop_epsilon, progress=progress
+        )
+    return Inversion(trajectory, prompt, num_inference_steps, guidance_scale, method, uncond)
+
+
+def inversion_conditioning(pipe, inversion: Inversion, prompts=None, height=None, width=None) -> Conditioning:
+    """The conditioning that samples ``prompts`` (default: the inversion prompt) back along the inversion.
+
+    ``"null-text"``: ∅_t per step; ``"negative-prompt"``: ∅ := C of the inversion prompt (5), also for SDXL's
+    pooled embedding; ``"ddim"`` and ``"direct"``: the empty prompt.
+    """
+    prompts = [inversion.prompt] if prompts is None else list(prompts)
+    h, w = inversion.latents.shape[-2:]
+    height = height or h * pipe.vae_scale_factor
+    width = width or w * pipe.vae_scale_factor
+    cond = encode_prompts(pipe, prompts, height=height, width=width)
+    if inversion.method == "null-text":
+        cond.uncond = inversion.uncond_list(cond.cond.device, cond.cond.dtype)
+    elif inversion.method == "negative-prompt":
+        src = encode_prompts(pipe, [inversion.prompt], height=height, width=width)
+        cond.uncond = src.cond
+        if src.cond_added is not None:
+            cond.uncond_added = {k: v.expand(len(prompts), *v.shape[1:]) for k, v in src.cond_added.items()}
+    return cond
+
+
+def check_inversion(pipe, inversion: Inversion) -> None:
+    if not isinstance(inversion, Inversion):
+        raise TypeError(f"expected an editkit Inversion, got {type(inversion).__name__}")
+    channels = pipe.unet.config.in_channels
+    if inversion.latents.ndim != 4 or inversion.latents.shape[1] != channels:
+        raise ValueError(f"inversion latents {tuple(inversion.latents.shape)} do not fit this model ({channels} latent channels)")
+    if inversion.latents.shape[0] != inversion.num_inference_steps + 1:
+        raise ValueError(
+            f"inversion holds {inversion.latents.shape[0]} latents but says {inversion.num_inference_steps} steps"
+        )
+
+
+@torch.no_grad()
+def reconstruct(
+    pipe,
+    inversion: Inversion,
+    guidance_scale: float | None = None,
+    output_type: str = "pil",
+    progress: bool = True,
+):
+    """Sample back from ``inversion.noise`` with the inversion's prompt and conditioning.
+
+    With ``"direct"`` the source row is put back on the pivot after every step (6), so the result is the
+    image latent itself; with ``"negative-prompt"`` (5) the guided prediction equals the conditional one.
+
+    Returns a PIL image, or with ``output_type="latent"`` the final latent ``[1, C, h, w]``.
+    """
+    check_inversion(pipe, inversion)
+    guidance_scale = inversion.guidance_scale if guidance_scale is None else _check_guidance(guidance_scale)
+    device = pipe._execution_device
+    cond = inversion_conditioning(pipe, inversion)
+    callback = None
+    if inversion.method == "direct":
+
+        def callback(i, latents):
+            return inversion.latent_at(i).to(device=latents.device, dtype=latents.dtype).expand_as(latents).clone()
+
+    latents = inversion.noise.to(device=device, dtype=pipe.unet.dtype)
+    latents = denoise(pipe, latents, cond, inversion.num_inference_steps, guidance_scale, progress=progress, step_callback=callback)
+    if output_type == "latent":
+        return latents
+    return decode_latents(pipe, latents, output_type=output_type)[0]
+
+
+def edit_image(
+    pipe,
+    image_or_inversion,
+    source_prompt: str,
+    target_prompts,
+    edit=None,
+    local_blend=None,
+    inversion: str = "null-text",
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    generator: torch.Generator | None = None,
+    return_inversion: bool = False,
+    *,
+    return_attention: bool = False,
+    progress: bool = True,
+    **invert_kwargs,
+):
+    """Prompt-to-Prompt on a real image: invert it (or reuse an :class:`Inversion`), then edit.
+
+    The source row starts from the inverted noise and, through the inversion's conditioning, reconstructs
+    the image; the target rows are edited by ``edit`` / ``local_blend`` exactly as in
+    :func:`editkit.p2p.generate` (swap, refine, reweight, local blend all work). Pass the returned
+    ``result.inversion`` (``return_inversion=True``) back in to make several edits from one inversion.
+
+    Args:
+        image_or_inversion: a path, a PIL image or an :class:`Inversion` (then ``inversion``,
+            ``num_inference_steps`` and ``guidance_scale`` come from it, and ``source_prompt`` must be the
+            prompt it was inverted with).
+        inversion: the method when an image is given (see :data:`METHODS`).
+        generator: unused by the deterministic inversions; accepted for API symmetry with ``generate``.
+        invert_kwargs: passed to :func:`invert` (``num_inner_steps``, ``size``, ...).
+
+    Returns:
+        :class:`editkit.p2p.P2PResult`, with ``.inversion`` set when ``return_inversion=True``.
+    """
+    from .p2p import generate
+
+    # 1. Inversion (or reuse one)
+    if isinstance(image_or_inversion, Inversion):
+        inv = image_or_inversion
+        check_inversion(pipe, inv)
+        if inv.prompt != source_prompt:
+            raise ValueError(
+                f"the inversion was made with the prompt {inv.prompt!r}, not the source prompt {source_prompt!r}; "
+                "invert again with this source prompt"
+            )
+    else:
+        check_method(inversion)
+        inv = invert(pipe, image_or_inversion, source_prompt, inversion, num_inference_steps, guidance_scale,
+                     progress=progress, **invert_kwargs)
+    device = pipe._execution_device
+    h, w = inv.latents.shape[-2:]
+
+    # 2. The inversion's conditioning: ∅_t (null-text), ∅ := C_src (negative prompt, 5), source row put back
+    #    on the pivot (Direct Inversion, 6)
+    uncond = None
+    if inv.method == "null-text":
+        uncond = inv.uncond_list(device, pipe.unet.dtype)
+    elif inv.method == "negative-prompt":
+        src = encode_prompts(pipe, [inv.prompt], height=h * pipe.vae_scale_factor, width=w * pipe.vae_scale_factor)
+        uncond = [src.cond[:1]] * inv.num_inference_steps
+    callback = None
+    if inv.method == "direct":
+
+        def callback(i, latents):
+            latents = latents.clone()
+            latents[0] = inv.latent_at(i)[0].to(device=latents.device, dtype=latents.dtype)
+            return latents
+
+    # 3. Prompt-to-Prompt from the inverted noise
+    result = generate(
+        pipe,
+        source_prompt,
+        target_prompts,
+        edit=edit,
+        local_blend=local_blend,
+        num_inference_steps=inv.num_inference_steps,
+        guidance_scale=inv.guidance_scale,
+        latents=inv.noise.to(device=device, dtype=pipe.unet.dtype),
+        height=h * pipe.vae_scale_factor,
+        width=w * pipe.vae_scale_factor,
+        return_attention=return_attention,
+        progress=progress,
+        uncond_embeddings=uncond,
+        step_callback=callback,
+    )
+    if return_inversion:
+        result.inversion = inv
+    return result
