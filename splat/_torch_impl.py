@@ -6,9 +6,9 @@ with the ``+0.5`` offset, an ``eps2d`` low-pass filter, alpha clamped to 0.999, 
 ``alpha < 1/255`` skipped, and front-to-back compositing that stops once transmittance would fall
 below 1e-4), so that the two agree forward and backward up to float round-off.
 
-Instead of tiles it builds the list of (Gaussian, pixel) pairs inside each Gaussian's screen-space
-bounding box, sorts it by (pixel, depth) and composites with a segmented cumulative sum of
-``log(1 - alpha)``. Memory and time grow with the number of such pairs, so it is meant for small
+Like gsplat it works tile by tile (16x16 pixels): each tile composites, densely, the depth-sorted
+Gaussians whose screen-space box touches it, with a cumulative sum of ``log(1 - alpha)`` giving the
+transmittance. Memory and time grow with (pixels x Gaussians per tile), so it is meant for small
 images (tests, CPU training of small scenes), not for full-resolution training.
 
 Notation (3DGS paper -> code):
@@ -17,8 +17,8 @@ Notation (3DGS paper -> code):
     W (world->camera)     viewmats    [C, 4, 4]
     J (affine Jacobian)   jac         [C, N, 2, 3]
     Sigma' (2D)           covars2d    [C, N, 2, 2]
-    alpha_i               alphas      [M]  (one per pair)
-    T_i                   trans       [M]
+    alpha_i               alpha       [P, G]  (pixels x Gaussians of one tile)
+    T_i                   exp(log_t_incl - log1m)
 """
 
 from __future__ import annotations
@@ -161,23 +161,70 @@ def project(
     return means2d, conics, z, radii
 
 
-def _pairs_for_camera(means2d: Tensor, radii: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
-    """(Gaussian index, pixel index) of every pixel centre inside every bounding box, both [M]."""
-    vis = torch.where((radii > 0).all(dim=-1))[0]  # [V]
-    centre = means2d[vis].detach()
-    r = radii[vis].to(centre.dtype)
-    x0 = torch.clamp(torch.floor(centre[:, 0] - r[:, 0]), 0, width - 1).long()
-    x1 = torch.clamp(torch.ceil(centre[:, 0] + r[:, 0]), 0, width - 1).long()
-    y0 = torch.clamp(torch.floor(centre[:, 1] - r[:, 1]), 0, height - 1).long()
-    y1 = torch.clamp(torch.ceil(centre[:, 1] + r[:, 1]), 0, height - 1).long()
-    bw, bh = x1 - x0 + 1, y1 - y0 + 1  # [V]
-    counts = bw * bh
-    owner = torch.repeat_interleave(torch.arange(len(vis), device=vis.device), counts)  # [M]
-    start = torch.cumsum(counts, 0) - counts
-    local = torch.arange(int(counts.sum()), device=vis.device) - start[owner]
-    px = x0[owner] + local % bw[owner]
-    py = y0[owner] + local // bw[owner]
-    return vis[owner], py * width + px
+def _composite_tiles(
+    means2d: Tensor,  # [N, 2]
+    conics: Tensor,  # [N, 3]
+    depths: Tensor,  # [N]
+    radii: Tensor,  # [N, 2]
+    opacities: Tensor,  # [N]
+    rgb: Tensor,  # [N, D]
+    width: int,
+    height: int,
+    tile_size: int,
+) -> tuple[Tensor, Tensor]:
+    """Front-to-back alpha compositing of one camera, tile by tile -> image [H, W, D], alpha [H, W].
+
+    Per tile, the Gaussians whose screen box touches it are taken in depth order and composited densely:
+    a [P, G] alpha matrix (P pixels, G Gaussians) and a cumulative sum of log(1 - alpha) along G.
+    """
+    D = rgb.shape[-1]
+    vis = torch.where((radii > 0).all(dim=-1))[0]
+    vis = vis[torch.argsort(depths[vis].detach(), stable=True)]  # front to back
+    with torch.no_grad():
+        # the box outside which alpha < 1/255 anyway (tighter than 3.33 sigma for faint Gaussians)
+        cov_diag = torch.stack([conics[vis, 2], conics[vis, 0]], -1) / (
+            conics[vis, 0] * conics[vis, 2] - conics[vis, 1] ** 2
+        )[:, None]  # [V, 2] = diag of Sigma'
+        k = torch.sqrt(2 * torch.log((opacities[vis] / ALPHA_MIN).clamp_min(1.0)))  # [V]
+        ext = torch.minimum(k[:, None] * cov_diag.sqrt(), radii[vis].to(cov_diag.dtype))  # [V, 2]
+        centre = means2d[vis].detach()
+        lo = torch.floor((centre - ext) / tile_size).long()  # [V, 2] tile coords
+        hi = torch.floor((centre + ext) / tile_size).long()
+    n_tx, n_ty = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    rows_img, rows_acc = [], []
+    for ty in range(n_ty):
+        y0, y1 = ty * tile_size, min((ty + 1) * tile_size, height)
+        in_row = (lo[:, 1] <= ty) & (hi[:, 1] >= ty)
+        tiles_img, tiles_acc = [], []
+        for tx in range(n_tx):
+            x0, x1 = tx * tile_size, min((tx + 1) * tile_size, width)
+            gids = vis[in_row & (lo[:, 0] <= tx) & (hi[:, 0] >= tx)]  # [G], depth-sorted
+            h, w = y1 - y0, x1 - x0
+            if len(gids) == 0:
+                tiles_img.append(rgb.new_zeros(h, w, D))
+                tiles_acc.append(rgb.new_zeros(h, w))
+                continue
+            ys, xs = torch.meshgrid(
+                torch.arange(y0, y1, dtype=means2d.dtype, device=means2d.device) + 0.5,
+                torch.arange(x0, x1, dtype=means2d.dtype, device=means2d.device) + 0.5,
+                indexing="ij",
+            )
+            dx = means2d[gids, 0][None, :] - xs.reshape(-1, 1)  # [P, G]
+            dy = means2d[gids, 1][None, :] - ys.reshape(-1, 1)
+            con = conics[gids]  # [G, 3]
+            sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy  # [P, G]
+            alpha = torch.clamp_max(opacities[gids] * torch.exp(-sigma), ALPHA_MAX)
+            alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
+            log1m = torch.log1p(-alpha)  # [P, G]
+            log_t_incl = torch.cumsum(log1m, dim=1)
+            # the rasterizer stops at the first Gaussian that would bring T to or below T_MIN
+            live = log_t_incl > math.log(T_MIN)
+            weight = alpha * torch.exp(log_t_incl - log1m) * live  # alpha_i * T_i   [P, G]
+            tiles_img.append((weight @ rgb[gids]).reshape(h, w, D))
+            tiles_acc.append(weight.sum(1).reshape(h, w))
+        rows_img.append(torch.cat(tiles_img, dim=1))
+        rows_acc.append(torch.cat(tiles_acc, dim=1))
+    return torch.cat(rows_img, dim=0), torch.cat(rows_acc, dim=0)
 
 
 def rasterize_torch(
@@ -195,6 +242,7 @@ def rasterize_torch(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
+    tile_size: int = 16,
 ) -> tuple[Tensor, Tensor, dict]:
     """Render C images; returns colours [C, H, W, D], alphas [C, H, W, 1] and a gsplat-like meta dict."""
     C = viewmats.shape[0]
@@ -214,44 +262,13 @@ def rasterize_torch(
 
     images, alphas = [], []
     for ci in range(C):
-        gid, pix = _pairs_for_camera(means2d[ci], radii[ci], width, height)  # [M], [M]
-        # sort pairs by pixel, then front to back
-        order_depth = torch.argsort(depths[ci].detach())
-        rank = torch.empty_like(order_depth)
-        rank[order_depth] = torch.arange(len(order_depth), device=rank.device)
-        order = torch.argsort(pix * len(rank) + rank[gid])
-        gid, pix = gid[order], pix[order]
-
-        px = (pix % width).to(means.dtype) + 0.5
-        py = torch.div(pix, width, rounding_mode="floor").to(means.dtype) + 0.5
-        dx = means2d[ci, gid, 0] - px
-        dy = means2d[ci, gid, 1] - py
-        con = conics[ci, gid]  # [M, 3]
-        sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy
-        alpha = torch.clamp_max(opacities[gid] * torch.exp(-sigma), ALPHA_MAX)
-        keep = (sigma >= 0) & (alpha >= ALPHA_MIN)
-        gid, pix, alpha = gid[keep], pix[keep], alpha[keep]
-
-        # Segmented exclusive cumulative product of (1 - alpha) per pixel, in log space (float64 sums).
-        log1m = torch.log1p(-alpha)
-        csum = torch.cumsum(log1m.double(), 0)
-        first = torch.ones_like(pix, dtype=torch.bool)
-        first[1:] = pix[1:] != pix[:-1]
-        seg_id = torch.cumsum(first.long(), 0) - 1
-        seg_base = (csum - log1m.double())[first][seg_id]  # cumsum just before each pixel's first pair
-        log_t_incl = (csum - seg_base).to(alpha.dtype)
-        log_t_excl = log_t_incl - log1m
-        # the rasterizer stops at the first pair that would bring T to or below T_MIN
-        live = log_t_incl > math.log(T_MIN)
-        weight = alpha * torch.exp(log_t_excl) * live  # [M]
-
-        img = torch.zeros(height * width, D, dtype=rgb.dtype, device=rgb.device)
-        img = img.index_add(0, pix, weight[:, None] * rgb[ci, gid])
-        acc = torch.zeros(height * width, dtype=alpha.dtype, device=alpha.device).index_add(0, pix, weight)
+        img, acc = _composite_tiles(
+            means2d[ci], conics[ci], depths[ci], radii[ci], opacities, rgb[ci], width, height, tile_size
+        )
         if backgrounds is not None:
-            img = img + (1 - acc)[:, None] * backgrounds[ci][None]
-        images.append(img.reshape(height, width, D))
-        alphas.append(acc.reshape(height, width, 1))
+            img = img + (1 - acc)[..., None] * backgrounds[ci]
+        images.append(img)
+        alphas.append(acc[..., None])
 
     meta = {
         "means2d": means2d,
