@@ -258,13 +258,6 @@ def _load_photo(pipe, image):
         raise InputError(f"could not read the image: {e}") from e
 
 
-def _split_inversion(out):
-    """``return_inversion=True`` results: ``(result, inversion)`` or a result with an ``inversion`` field."""
-    if isinstance(out, tuple):
-        return out[0], out[1]
-    return out, getattr(out, "inversion", None)
-
-
 def edit_photo_p2p(
     pipe,
     image,
@@ -291,7 +284,7 @@ def edit_photo_p2p(
     key = ("p2p", image_key(photo), source, inversion, int(steps), float(guidance))
     cached = cache.get(key) if cache is not None else None
     try:
-        out = edit_image(
+        result = edit_image(
             pipe,
             cached if cached is not None else photo,
             source,
@@ -308,9 +301,8 @@ def edit_photo_p2p(
         )
     except ValueError as e:
         raise _as_user_error(e) from e
-    result, inv = _split_inversion(out)
-    if cache is not None and cached is None and inv is not None:
-        cache.put(key, inv)
+    if cache is not None and cached is None and result.inversion is not None:
+        cache.put(key, result.inversion)
     maps = _heatmaps(pipe, result, [source, *targets], _labels(len(targets))) if heatmaps else []
     return Outcome(result.source, list(result.targets), maps, inversion_reused=cached is not None)
 
@@ -318,7 +310,7 @@ def edit_photo_p2p(
 def edit_photo_pnp(
     pipe,
     image,
-    target: str,
+    targets,
     *,
     source: str = "",
     feature_threshold: float = 0.8,
@@ -329,12 +321,13 @@ def edit_photo_pnp(
     cache: InversionCache | None = None,
     progress: bool = True,
 ) -> Outcome:
-    """Edit a photo into ``target`` with Plug-and-Play (features and self-attention of its DDIM inversion)."""
+    """Edit a photo into each target prompt with Plug-and-Play (features and self-attention of its inversion)."""
     from editkit.pnp import pnp_edit
 
     photo = _load_photo(pipe, image)
-    target = (target or "").strip()
-    if not target:
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    targets = [t.strip() for t in targets if t and t.strip()]
+    if not targets:
         raise InputError("Enter a target prompt (what the edited image should show).")
     for name, value in (("feature", feature_threshold), ("attention", attention_threshold)):
         if not 0.0 <= value <= 1.0:
@@ -343,10 +336,10 @@ def edit_photo_pnp(
     key = ("pnp", image_key(photo), source, int(steps))
     cached = cache.get(key) if cache is not None else None
     try:
-        out = pnp_edit(
+        result = pnp_edit(
             pipe,
             cached if cached is not None else photo,
-            target,
+            targets,
             source_prompt=source,
             pnp_f_t=float(feature_threshold),
             pnp_attn_t=float(attention_threshold),
@@ -354,12 +347,10 @@ def edit_photo_pnp(
             guidance_scale=float(guidance),
             generator=cpu_generator(seed),
             return_inversion=True,
+            progress=progress,
         )
     except ValueError as e:
         raise _as_user_error(e) from e
-    result, inv = _split_inversion(out)
-    if cache is not None and cached is None and inv is not None:
-        cache.put(key, inv)
-    src_img = getattr(result, "source", None) or photo
-    targets = getattr(result, "targets", None) or [result.image]
-    return Outcome(src_img, list(targets), [], inversion_reused=cached is not None)
+    if cache is not None and cached is None and result.inversion is not None:
+        cache.put(key, result.inversion)
+    return Outcome(result.source, list(result.images), [], inversion_reused=cached is not None)

@@ -95,6 +95,23 @@ def _save_outputs(outcome: Outcome, labels: list[str]) -> list[str]:
     return [str(p) for p in paths]
 
 
+def stack_heatmaps(heatmaps):
+    """All prompts' token grids in one image, one captioned row per prompt (wide grids fit an image box)."""
+    from PIL import Image, ImageDraw
+
+    if not heatmaps:
+        return None
+    bar = 18
+    width = max(img.width for _, img in heatmaps)
+    canvas = Image.new("RGB", (width, sum(img.height + bar for _, img in heatmaps)), "white")
+    draw, y = ImageDraw.Draw(canvas), 0
+    for caption, img in heatmaps:
+        draw.text((4, y + 3), caption, fill="black")
+        canvas.paste(img.convert("RGB"), (0, y + bar))
+        y += img.height + bar
+    return canvas
+
+
 def _result_gallery(outcome: Outcome, target_prompts: list[str]):
     items = [(outcome.source, "source")]
     items += [(img, f"edited: {t}") for img, t in zip(outcome.targets, target_prompts, strict=False)]
@@ -138,7 +155,7 @@ def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: in
                 return (_status_error(f"{type(e).__name__}: {e}"),) + (None,) * n_outputs
             labels = ["source"] + [f"target_{k}" for k in range(len(outcome.targets))]
             status = _status_ok(outcome, time.perf_counter() - start)
-            heatmaps = [(img, caption) for caption, img in outcome.heatmaps] or None
+            heatmaps = stack_heatmaps(outcome.heatmaps)
             files = _save_outputs(outcome, labels)
             if n_outputs == 3:
                 return status, _result_gallery(outcome, prompts), heatmaps, files
@@ -296,8 +313,8 @@ def _outputs(gr, prefix: str, heatmaps: bool) -> list:
                         elem_id=f"{prefix}-result")
     outs = [status, result]
     if heatmaps:
-        outs.append(gr.Gallery(label="Cross-attention per token", columns=1, height="auto", object_fit="contain",
-                               elem_id=f"{prefix}-heatmaps"))
+        outs.append(gr.Image(label="Cross-attention per token (one row per prompt)", type="pil", interactive=False,
+                             elem_id=f"{prefix}-heatmaps"))
     outs.append(gr.File(label="Download", file_count="multiple", interactive=False, elem_id=f"{prefix}-files"))
     return outs
 

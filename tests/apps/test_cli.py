@@ -14,10 +14,9 @@ from PIL import Image
 from editkit.cli import EXIT_MODEL_NOT_FOUND, EXIT_OK, EXIT_USAGE, main, read_pairs
 
 STEPS = ["--steps", "2", "--quiet"]
-needs_photo_engine = pytest.mark.skipif(
-    importlib.util.find_spec("editkit.inversion") is None or importlib.util.find_spec("editkit.pnp") is None,
-    reason="editkit.inversion / editkit.pnp not available",
-)
+needs_inversion = pytest.mark.skipif(importlib.util.find_spec("editkit.inversion") is None,
+                                     reason="editkit.inversion not available")
+needs_pnp = pytest.mark.skipif(importlib.util.find_spec("editkit.pnp") is None, reason="editkit.pnp not available")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +120,7 @@ def test_edit_without_images_or_with_a_missing_file_exits_2(model, tmp_path, cap
     assert "no such image" in capsys.readouterr().err
 
 
-@needs_photo_engine
+@needs_inversion
 def test_edit_p2p_two_images_two_pairs(model, photo, tmp_path):
     other = tmp_path / "second.png"
     Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
@@ -138,7 +137,7 @@ def test_edit_p2p_two_images_two_pairs(model, photo, tmp_path):
     assert "cat_photo_001_edit0_a_lion_on_a_table.png" in names
 
 
-@needs_photo_engine
+@needs_pnp
 def test_edit_pnp_writes_the_edit(model, photo, tmp_path):
     out = tmp_path / "out"
     code = main(["edit", str(photo), "--method", "pnp", "--model", model, "--target", "a watercolor painting",
