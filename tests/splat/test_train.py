@@ -11,16 +11,19 @@ from splat.trainer import Trainer, train
 
 
 def test_short_training_raises_held_out_psnr(synthetic_scene, tmp_path):
-    cfg = small_config(tmp_path / "out", reset_every=0, save_renders=True)
+    cfg = small_config(
+        tmp_path / "out", steps=100, means_lr_steps=100, eval_steps=(0, 100), save_steps=(100,), reset_every=0,
+        save_renders=True,
+    )  # fmt: skip
     result = train(synthetic_scene, cfg)
-    init, final = result.metrics["0"]["psnr"], result.metrics["150"]["psnr"]
+    init, final = result.metrics["0"]["psnr"], result.metrics["100"]["psnr"]
     assert final > init + 2.0, (init, final)
-    assert result.metrics["150"]["ssim"] > result.metrics["0"]["ssim"]
+    assert result.metrics["100"]["ssim"] > result.metrics["0"]["ssim"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert set(metrics) == {"0", "150"}
+    assert set(metrics) == {"0", "100"}
     assert result.ply.is_file() and result.checkpoint.is_file()
-    assert (tmp_path / "out" / "renders" / "step_000150" / "000_render.png").is_file()
-    assert (tmp_path / "out" / "renders" / "step_000150" / "000_gt.png").is_file()
+    assert (tmp_path / "out" / "renders" / "step_000100" / "000_render.png").is_file()
+    assert (tmp_path / "out" / "renders" / "step_000100" / "000_gt.png").is_file()
     assert not list((tmp_path / "out").rglob("*.tmp"))
 
 
@@ -50,7 +53,7 @@ def test_opacity_is_reset_at_configured_steps(synthetic_scene, tmp_path):
 
 def test_resume_equals_uninterrupted_run(synthetic_scene, tmp_path):
     kw = dict(
-        steps=40, ckpt_every=20, refine_start=5, refine_every=10, refine_stop=35, reset_every=30,
+        steps=24, ckpt_every=12, refine_start=5, refine_every=6, refine_stop=20, reset_every=18,
         eval_steps=(), save_steps=(),
     )  # fmt: skip
     full = Trainer(synthetic_scene, small_config(tmp_path / "full", **kw))
@@ -58,10 +61,10 @@ def test_resume_equals_uninterrupted_run(synthetic_scene, tmp_path):
     n0 = len(full.model.points)
     assert len(full.params["means"]) != n0  # densification happened, so its state matters
 
-    ckpt = tmp_path / "full" / "ckpts" / "ckpt_000020.pt"
+    ckpt = tmp_path / "full" / "ckpts" / "ckpt_000012.pt"
     resumed = Trainer(synthetic_scene, small_config(tmp_path / "resumed", resume=ckpt, **kw))
     resumed.train()
-    assert resumed.step == 40
+    assert resumed.step == 24
     for k in full.params:
         assert torch.equal(full.params[k], resumed.params[k]), k
     for k in full.optimizers:
@@ -72,7 +75,7 @@ def test_resume_equals_uninterrupted_run(synthetic_scene, tmp_path):
 
 def test_mcmc_strategy_runs_on_cpu(synthetic_scene, tmp_path):
     cfg = small_config(
-        tmp_path / "o", strategy="mcmc", steps=30, refine_start=5, refine_every=10, eval_steps=(), save_steps=(),
+        tmp_path / "o", strategy="mcmc", steps=12, refine_start=3, refine_every=4, eval_steps=(), save_steps=(),
         init_opacity=0.5, cap_max=400,
     )  # fmt: skip
     trainer = Trainer(synthetic_scene, cfg)

@@ -1,0 +1,76 @@
+"""Train splat on the shared real scenes and print PSNR / SSIM / time.
+
+    python benchmarks/bench_splat.py            # CPU: a short low-resolution run per scene
+    python benchmarks/bench_splat.py --full     # GPU: the 30k-step schedule at standard resolution
+
+Scenes are read from ../shared/scenes relative to the repository (never copied into it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from splat.config import PRESETS
+from splat.trainer import Trainer
+
+SCENES = Path(__file__).resolve().parents[1] / ".." / "shared" / "scenes"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="30k steps at standard resolution (needs a GPU)")
+    ap.add_argument("--scenes", nargs="+", default=["cup", "beercan"])
+    ap.add_argument("--steps", type=int, default=300, help="CPU run length")
+    ap.add_argument("--max-width", type=int, default=128, help="CPU image width")
+    ap.add_argument("--out", type=Path, default=None, help="output root (default: a temp folder)")
+    args = ap.parse_args()
+    torch.set_num_threads(2) if not args.full else None
+    if args.full and not torch.cuda.is_available():
+        raise SystemExit("--full needs a CUDA GPU")
+    root = args.out or Path(tempfile.mkdtemp(prefix="bench-splat-"))
+    rows = []
+    for name in args.scenes:
+        if args.full:
+            cfg = dataclasses.replace(PRESETS["default"], out=root / name, device="cuda", progress=False)
+        else:
+            s = args.steps
+            cfg = dataclasses.replace(
+                PRESETS["cpu-small"], out=root / name, device="cpu", progress=False, steps=s, max_width=args.max_width,
+                init_scale=0.5, means_lr_steps=s, sh_degree_interval=max(s // 4, 1), refine_start=s // 5,
+                refine_stop=int(s * 0.75), refine_every=max(s // 10, 1), reset_every=s // 2, eval_steps=(0, s),
+                save_steps=(s,), ckpt_every=0, save_renders=False, lpips=False,
+            )  # fmt: skip
+        if args.full:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        trainer = Trainer(SCENES / name, cfg)
+        result = trainer.train()
+        wall = time.perf_counter() - t0
+        m0, m1 = result.metrics["0"] if "0" in result.metrics else {}, result.metrics[str(result.steps)]
+        row = {
+            "scene": name,
+            "device": "cuda" if args.full else "cpu",
+            "steps": result.steps,
+            "image_width": trainer.train_set.size(0)[0],
+            "psnr_init": m0.get("psnr"),
+            "psnr": m1["psnr"],
+            "ssim": m1["ssim"],
+            "lpips": m1.get("lpips"),
+            "num_gaussians": result.num_gaussians,
+            "wall_s": round(wall, 1),
+            "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if args.full else None,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"outputs in {root}")
+
+
+if __name__ == "__main__":
+    main()

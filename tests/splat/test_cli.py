@@ -1,0 +1,49 @@
+"""The `splat` command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from splat.cli import main, parse_train
+
+
+def test_train_help_documents_every_option():
+    import dataclasses
+
+    from splat.config import TrainConfig
+
+    out = subprocess.run(
+        [sys.executable, "-m", "splat.cli", "train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in out, f.name
+    assert "--preset" in out
+
+
+def test_preset_then_scene_json_then_flags(synthetic_scene, tmp_path):
+    scene = tmp_path / "s"
+    scene.mkdir()
+    (scene / "splat.json").write_text(json.dumps({"steps": 77, "max_width": 100, "eval_steps": [5]}))
+    _, cfg = parse_train([str(scene), "--preset", "cpu-small", "--max-width", "50"])
+    assert cfg.steps == 77  # from splat.json over the preset's 2000
+    assert cfg.max_width == 50  # flag over splat.json
+    assert cfg.eval_steps == (5,)
+    assert cfg.refine_stop == 1500  # from the preset
+
+
+def test_cli_train_export_and_errors(synthetic_scene, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", str(synthetic_scene), "--out", str(out), "--steps", "3", "--device", "cpu", "--no-progress",
+               "--eval-steps", "3", "--save-steps", "3", "--sh-degree", "1", "--no-lpips", "--no-save-renders"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 3 and summary["psnr"] > 5
+    ckpt = out / "ckpts" / "ckpt_000003.pt"
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "x.ply")]) == 0
+    from splat.ply import read_ply
+
+    assert read_ply(tmp_path / "x.ply")["means"].shape[0] == summary["num_gaussians"]
+    assert main(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "o2"), "--no-progress"]) == 1
+    assert "error" in capsys.readouterr().err
