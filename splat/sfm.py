@@ -52,23 +52,17 @@ class PrepareConfig:
     """How `splat prepare` turns `SCENE/images` into the COLMAP model `SCENE/sparse/0`."""
 
     matcher: Literal["auto", "exhaustive", "sequential"] = "auto"
-    """Which image pairs to match. exhaustive: every pair (best for unordered photos, quadratic cost);
-    sequential: each image with its neighbours in file-name order (video frames); auto: exhaustive up to
-    `exhaustive_max_images` images, sequential above."""
+    """Which image pairs to match. exhaustive: every pair (best for unordered photos, quadratic cost); sequential: each image with its neighbours in file-name order (video frames); auto: exhaustive up to `exhaustive_max_images` images, sequential above."""
     exhaustive_max_images: int = 100
     """With matcher=auto, the largest image count matched exhaustively."""
     sequential_overlap: int = 10
-    """With sequential matching, each image is matched with the next `sequential_overlap` images, plus
-    images 2, 4, 8, ... ahead (COLMAP's quadratic overlap) to close larger gaps."""
+    """With sequential matching, each image is matched with the next `sequential_overlap` images, plus images 2, 4, 8, ... ahead (COLMAP's quadratic overlap) to close larger gaps."""
     camera_mode: Literal["auto", "single", "per_image"] = "auto"
-    """single: one camera shared by all images (one phone, fixed zoom); per_image: each image gets its own
-    intrinsics (zoom, autofocus, mixed cameras); auto: single when all images have the same size and the
-    same EXIF make, model and focal length, else per_image."""
+    """single: one camera shared by all images (one phone, fixed zoom); per_image: each image gets its own intrinsics (zoom, autofocus, mixed cameras); auto: single when all images have the same size and the same EXIF make, model and focal length, else per_image."""
     camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"] = "SIMPLE_RADIAL"
     """COLMAP camera model to estimate. Distorted models are undistorted by the trainer."""
     max_image_size: int = 1600
-    """Images are downscaled to at most this many pixels on their long side for feature extraction
-    (keypoints are scaled back, the model keeps full resolution). Smaller is faster, larger finds more."""
+    """Images are downscaled to at most this many pixels on their long side for feature extraction (keypoints are scaled back, the model keeps full resolution). Smaller is faster, larger finds more."""
     max_num_features: int = 8192
     """Most SIFT features kept per image."""
     min_registered_fraction: float = 0.5
@@ -76,15 +70,13 @@ class PrepareConfig:
     overwrite: bool = False
     """Replace an existing `SCENE/sparse/0`. Without it an existing model is never touched."""
     cache_dir: Path | None = None
-    """Folder for the database, upright copies of EXIF-rotated photos and mapper output; default
-    `SCENE/.splat_cache`. A rerun reuses it."""
+    """Folder for the database, upright copies of EXIF-rotated photos and mapper output; default `SCENE/.splat_cache`. A rerun reuses it."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where SIFT extraction and matching run. auto: the GPU when pycolmap was built with CUDA, else CPU."""
     num_threads: int = -1
     """CPU threads for COLMAP; -1 uses all cores."""
     seed: int = 0
-    """Random seed of the mapper's RANSAC and initial-pair search (results may still vary slightly with
-    more than one thread)."""
+    """Random seed of the mapper's RANSAC and initial-pair search (results may still vary slightly with more than one thread)."""
     progress: bool = True
     """Show a progress bar per stage and print a summary at the end."""
     verbose: bool = False

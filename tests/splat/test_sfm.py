@@ -155,3 +155,45 @@ def test_pairs_follow_capture_order():
     # neighbours 1..3 ahead plus quadratic offsets 1, 2, 4 ahead: offsets {1, 2, 3, 4}
     assert ("0.jpg", "4.jpg") in seq and ("0.jpg", "5.jpg") not in seq
     assert len(seq) == 19 + 18 + 17 + 16
+
+
+DEMO_IMAGES = Path(__file__).resolve().parents[2] / "assets" / "demo" / "images"
+
+
+@pytest.mark.skipif(not DEMO_IMAGES.is_dir(), reason="assets/demo/images missing")
+def test_splat_train_on_photos_only_runs_sfm_then_trains(tmp_path, capsys):
+    """`splat train SCENE` with SCENE/images alone: SfM writes SCENE/sparse/0, then training writes a PLY."""
+    from splat.cli import main
+
+    scene = tmp_path / "scene"
+    (scene / "images").mkdir(parents=True)
+    for path in sorted(DEMO_IMAGES.glob("*.jpg"))[:18]:  # half of the demo circle (10 degree steps), no model
+        shutil.copy(path, scene / "images" / path.name)
+    out = tmp_path / "out"
+    argv = [
+        "train",
+        str(scene),
+        "--preset",
+        "cpu-small",
+        "--out",
+        str(out),
+        "--steps",
+        "5",
+        "--save-steps",
+        "5",
+    ]
+    argv += [
+        "--eval-steps",
+        "5",
+        "--ckpt-every",
+        "0",
+        "--max-width",
+        "96",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert pycolmap.Reconstruction(scene / "sparse" / "0").num_reg_images() >= 16
+    plys = list(out.rglob("*.ply"))
+    assert plys and all(p.stat().st_size > 1000 for p in plys), plys
