@@ -295,7 +295,7 @@ def _p2p_controls(gr, prefix: str) -> list:
         for k in range(REWEIGHT_ROWS):
             with gr.Row():
                 rows.append(gr.Textbox(label=f"Word {k + 1}", placeholder="smiling", elem_id=f"{prefix}-rw-word-{k}"))
-                rows.append(gr.Slider(-2, 5, value=1.0, step=0.1, label="Strength"))
+                rows.append(gr.Slider(-2, 5, value=1.0, step=0.1, label="Strength", elem_id=f"{prefix}-rw-strength-{k}"))
     return [kind, cross, self_, blend_src, blend_tgt, *rows]
 
 

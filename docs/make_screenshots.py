@@ -93,6 +93,8 @@ def main():
             fill(page, "gen-blend-tgt", "dog")
             page.get_by_text("Re-weight words (attention strength)").first.click()
             fill(page, "gen-rw-word-0", "dog")
+            page.locator("#gen-rw-strength-0 input[type=number]").fill("2")
+            page.locator("#gen-rw-strength-0 input[type=number]").press("Enter")
             run(page, "gen")
             page.screenshot(path=str(args.out / "ui_generate.png"), full_page=True)
 
@@ -116,7 +118,9 @@ def main():
         app.close()
         shutil.rmtree(work, ignore_errors=True)
     for name in ("ui_generate.png", "ui_photo_p2p.png", "ui_photo_pnp.png"):
-        print(args.out / name)
+        path = args.out / name
+        Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)  # a third of the size
+        print(path)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,9 @@ def test_top_level_help_lists_commands_and_exit_codes(capsys):
     text = capsys.readouterr().out
     assert all(cmd in text for cmd in ("edit", "generate", "ui"))
     assert "Exit codes" in text and "model not found" in text
+    assert main(["ui", "--help"]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert all(option in text for option in ("--model", "--host", "--port", "--device"))
 
 
 def test_generate_writes_source_edit_and_heatmaps(model, tmp_path, capsys):
