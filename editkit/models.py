@@ -77,6 +77,7 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     local_files_only: bool | None = None,
     scheduler: str = "ddim",
+    config: str | os.PathLike | None = None,
 ):
     """Load a Stable Diffusion pipeline for editing.
 
@@ -88,6 +89,8 @@ def load_pipeline(
         dtype: default fp16 on CUDA, fp32 on CPU.
         local_files_only: for hub ids, do not try the network. Default: ``HF_HUB_OFFLINE`` decides.
         scheduler: ``"ddim"`` (default, what the editing methods are defined with) or ``"keep"``.
+        config: for a single checkpoint file, the diffusers folder or hub id whose configuration it follows
+            (needed offline: without it diffusers looks the configuration up on the hub).
 
     Raises:
         ModelNotFoundError: nothing loadable at ``model``, with instructions on how to point at a model.
@@ -98,7 +101,7 @@ def load_pipeline(
     if _is_pipeline(model):
         pipe = model
     elif isinstance(model, str | os.PathLike):
-        pipe = _load_from_path_or_hub(str(model), dtype, local_files_only)
+        pipe = _load_from_path_or_hub(str(model), dtype, local_files_only, config)
     else:
         raise TypeError(
             f"model must be a path, a hub id or a diffusers pipeline, got {type(model).__name__}. " + HOW_TO_POINT
@@ -115,16 +118,17 @@ def load_pipeline(
     return pipe
 
 
-def _load_from_path_or_hub(name: str, dtype, local_files_only):
+def _load_from_path_or_hub(name: str, dtype, local_files_only, config=None):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix not in (".safetensors", ".ckpt", ".pt", ".bin"):
             raise ModelNotFoundError(f"{path} is not a checkpoint file (.safetensors or .ckpt).\n" + HOW_TO_POINT)
-        cls = StableDiffusionXLPipeline if _guess_xl_from_file(path) else StableDiffusionPipeline
         try:
-            return cls.from_single_file(str(path), **_dtype_kwarg(dtype), local_files_only=True)
+            cls = StableDiffusionXLPipeline if _guess_xl_from_file(path) else StableDiffusionPipeline
+            extra = {} if config is None else {"config": str(config)}
+            return cls.from_single_file(str(path), **_dtype_kwarg(dtype), **extra)
         except Exception as e:  # noqa: BLE001 - the loader raises many types; name the file and the cause
             raise ModelNotFoundError(
                 f"could not load the checkpoint {path}: {e}\n"
