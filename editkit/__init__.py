@@ -1,17 +1,39 @@
-"""editkit: training-free diffusion image editing on Stable Diffusion UNets."""
+"""editkit: training-free diffusion image editing on Stable Diffusion UNets (SD 1.x, 2.x, SDXL).
 
+    >>> import editkit
+    >>> from editkit import p2p
+    >>> pipe = editkit.load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    >>> out = p2p.generate(pipe, "a cat riding a bicycle", ["a cat riding a car"], p2p.Replace())
+    >>> real = editkit.edit_image(pipe, "cat.jpg", "a cat sitting", ["a tiger sitting"], p2p.Replace())
+    >>> pnp = editkit.pnp_edit(pipe, "cat.jpg", "a watercolor painting of a cat")
+"""
+
+from . import p2p
 from .hooks import AttentionCall, BatchLayout, Controller, HookError, HookSession, LayerInfo, describe_layers, hooked
+from .image import load_image
+from .inversion import METHODS as INVERSION_METHODS
+from .inversion import Inversion, edit_image, invert, reconstruct
 from .models import ModelNotFoundError, load_pipeline
+from .pnp import PnPResult, pnp_edit
 
 __all__ = [
+    "INVERSION_METHODS",
     "AttentionCall",
     "BatchLayout",
     "Controller",
     "HookError",
     "HookSession",
+    "Inversion",
     "LayerInfo",
     "ModelNotFoundError",
+    "PnPResult",
     "describe_layers",
+    "edit_image",
     "hooked",
+    "invert",
+    "load_image",
     "load_pipeline",
+    "p2p",
+    "pnp_edit",
+    "reconstruct",
 ]
