@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from splat.config import PRESETS
-from splat.trainer import Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from splat.config import PRESETS  # noqa: E402
+from splat.trainer import Trainer  # noqa: E402
 
 SCENES = Path(__file__).resolve().parents[1] / ".." / "shared" / "scenes"
 

@@ -32,7 +32,13 @@ from torch import Tensor
 # Real spherical-harmonics constants (the same basis as the original 3DGS and gsplat).
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
-SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C2 = (
+    1.0925484305920792,
+    -1.0925484305920792,
+    0.31539156525252005,
+    -1.0925484305920792,
+    0.5462742152960396,
+)
 SH_C3 = (
     -0.5900435899266435,
     2.890611442640554,
@@ -72,7 +78,9 @@ def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:
         return result
     d = F.normalize(dirs, dim=-1)
     x, y, z = d[..., 0:1], d[..., 1:2], d[..., 2:3]
-    result = result - SH_C1 * y * coeffs[..., 1, :] + SH_C1 * z * coeffs[..., 2, :] - SH_C1 * x * coeffs[..., 3, :]
+    result = (
+        result - SH_C1 * y * coeffs[..., 1, :] + SH_C1 * z * coeffs[..., 2, :] - SH_C1 * x * coeffs[..., 3, :]
+    )
     if degree < 2:
         return result
     xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
@@ -131,9 +139,9 @@ def project(
     tx = z * torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x / z))
     ty = z * torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y / z))
     zeros = torch.zeros_like(z)
-    jac = torch.stack(
-        [fx / z, zeros, -fx * tx / (z * z), zeros, fy / z, -fy * ty / (z * z)], dim=-1
-    ).reshape(z.shape + (2, 3))  # [C, N, 2, 3]
+    jac = torch.stack([fx / z, zeros, -fx * tx / (z * z), zeros, fy / z, -fy * ty / (z * z)], dim=-1).reshape(
+        z.shape + (2, 3)
+    )  # [C, N, 2, 3]
     covars2d = jac @ covars_c @ jac.transpose(-1, -2)  # [C, N, 2, 2]
     eye = torch.eye(2, dtype=means.dtype, device=means.device)
     covars2d = covars2d + eps2d * eye
@@ -182,9 +190,10 @@ def _composite_tiles(
     vis = vis[torch.argsort(depths[vis].detach(), stable=True)]  # front to back
     with torch.no_grad():
         # the box outside which alpha < 1/255 anyway (tighter than 3.33 sigma for faint Gaussians)
-        cov_diag = torch.stack([conics[vis, 2], conics[vis, 0]], -1) / (
-            conics[vis, 0] * conics[vis, 2] - conics[vis, 1] ** 2
-        )[:, None]  # [V, 2] = diag of Sigma'
+        cov_diag = (
+            torch.stack([conics[vis, 2], conics[vis, 0]], -1)
+            / (conics[vis, 0] * conics[vis, 2] - conics[vis, 1] ** 2)[:, None]
+        )  # [V, 2] = diag of Sigma'
         k = torch.sqrt(2 * torch.log((opacities[vis] / ALPHA_MIN).clamp_min(1.0)))  # [V]
         ext = torch.minimum(k[:, None] * cov_diag.sqrt(), radii[vis].to(cov_diag.dtype))  # [V, 2]
         centre = means2d[vis].detach()
@@ -258,7 +267,6 @@ def rasterize_torch(
         rgb = torch.clamp_min(rgb + 0.5, 0.0)
     else:
         rgb = colors[None].expand(C, -1, -1)  # [C, N, D]
-    D = rgb.shape[-1]
 
     images, alphas = [], []
     for ci in range(C):

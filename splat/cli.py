@@ -190,7 +190,11 @@ def _run(name: str, rest: list[str]) -> int:
 
         trainer = _checkpoint_setup(cmd.checkpoint, cmd.scene, cmd.device)
         check_output_dir(cmd.out)
-        sets = {"test": [trainer.test_set], "train": [trainer.train_set], "all": [trainer.train_set, trainer.test_set]}
+        sets = {
+            "test": [trainer.test_set],
+            "train": [trainer.train_set],
+            "all": [trainer.train_set, trainer.test_set],
+        }
         import torch
 
         n = 0
@@ -199,7 +203,10 @@ def _run(name: str, rest: list[str]) -> int:
                 for i in range(len(ds)):
                     f = ds[i]
                     img, _, _ = trainer.render(
-                        f.K.to(trainer.device), f.viewmat.to(trainer.device), f.width, f.height,
+                        f.K.to(trainer.device),
+                        f.viewmat.to(trainer.device),
+                        f.width,
+                        f.height,
                         trainer.active_sh_degree(max(trainer.step, 1)),
                     )
                     stem = Path(f.name).with_suffix("").as_posix().replace("/", "__")

@@ -81,7 +81,10 @@ def read_ply(path: str | Path) -> dict[str, Tensor]:
     return {
         "means": take(["x", "y", "z"]),
         "sh0": take([f"f_dc_{i}" for i in range(3)]).reshape(n, 3, 1).transpose(1, 2).contiguous(),
-        "shN": take([f"f_rest_{i}" for i in range(3 * num_rest)]).reshape(n, 3, num_rest).transpose(1, 2).contiguous(),
+        "shN": take([f"f_rest_{i}" for i in range(3 * num_rest)])
+        .reshape(n, 3, num_rest)
+        .transpose(1, 2)
+        .contiguous(),
         "opacities": take(["opacity"]).reshape(n),
         "scales": take([f"scale_{i}" for i in range(3)]),
         "quats": take([f"rot_{i}" for i in range(4)]),

@@ -153,7 +153,9 @@ class Densifier:
         params["means"].add_(torch.einsum("nij,nj->ni", covars, noise))
 
 
-def relocation_torch(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor) -> tuple[Tensor, Tensor]:
+def relocation_torch(
+    opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor
+) -> tuple[Tensor, Tensor]:
     """Eq. 9 of the 3DGS-MCMC paper: a Gaussian copied ``ratio`` times keeps its rendered footprint.
 
     opacities [N], scales [N, 3], ratios [N] (copies incl. the original), binoms [n_max, n_max].

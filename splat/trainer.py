@@ -332,7 +332,10 @@ class Trainer:
             set_lr(self.optimizers, "means", lr_means)
 
             img, _, info = self.render(
-                frame.K.to(self.device), frame.viewmat.to(self.device), frame.width, frame.height,
+                frame.K.to(self.device),
+                frame.viewmat.to(self.device),
+                frame.width,
+                frame.height,
                 self.active_sh_degree(step),
             )
             self.densifier.step_pre_backward(self.params, self.optimizers, step, info)
@@ -381,7 +384,9 @@ class Trainer:
         for i in range(len(self.test_set)):
             f = self.test_set[i]
             gt = f.image.to(self.device)
-            img, _, _ = self.render(f.K.to(self.device), f.viewmat.to(self.device), f.width, f.height, sh_degree)
+            img, _, _ = self.render(
+                f.K.to(self.device), f.viewmat.to(self.device), f.width, f.height, sh_degree
+            )
             img = img.clamp(0, 1)
             scores["psnr"].append(psnr(img, gt))
             scores["ssim"].append(ssim(img, gt).item())

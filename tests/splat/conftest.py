@@ -63,7 +63,15 @@ def make_synthetic_scene(
         K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=torch.float32)
         with torch.no_grad():
             img, _, _ = rasterize_torch(
-                means, quats, scales, opac, sh, torch.from_numpy(w2c).float()[None], K[None], width, height,
+                means,
+                quats,
+                scales,
+                opac,
+                sh,
+                torch.from_numpy(w2c).float()[None],
+                K[None],
+                width,
+                height,
                 sh_degree=0,
             )
         arr = (img[0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from conftest import small_config
 from PIL import Image
 
-from conftest import small_config
 from splat.colmap import SceneError, read_reconstruction
 from splat.trainer import OutputError, train
 

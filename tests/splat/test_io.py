@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_SCENES
+
 from splat.colmap import load_scene, read_reconstruction
 from splat.ply import property_names, read_ply, write_ply
 

@@ -32,7 +32,9 @@ def test_reference_renderer_gradients_match_finite_differences():
     bg = torch.tensor([[0.2, 0.1, 0.3]], dtype=torch.float64)
 
     def f(means, quats, scales, opac, sh):
-        img, alpha, _ = rasterize_torch(means, quats, scales, opac, sh, viewmats, Ks, 8, 7, sh_degree=1, backgrounds=bg)
+        img, alpha, _ = rasterize_torch(
+            means, quats, scales, opac, sh, viewmats, Ks, 8, 7, sh_degree=1, backgrounds=bg
+        )
         return torch.cat([img.flatten(), alpha.flatten()])
 
     inputs = tuple(t.clone().requires_grad_(True) for t in (means, quats, scales, opac, sh))

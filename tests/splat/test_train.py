@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 
 import torch
-
 from conftest import small_config
+
 from splat.trainer import Trainer, train
 
 
 def test_short_training_raises_held_out_psnr(synthetic_scene, tmp_path):
     cfg = small_config(
         tmp_path / "out", steps=100, means_lr_steps=100, eval_steps=(0, 100), save_steps=(100,), reset_every=0,
-        save_renders=True,
+        refine_start=20, refine_stop=60, sh_degree=0, save_renders=True,
     )  # fmt: skip
     result = train(synthetic_scene, cfg)
     init, final = result.metrics["0"]["psnr"], result.metrics["100"]["psnr"]
-    assert final > init + 2.0, (init, final)
+    assert final > init + 1.5, (init, final)
     assert result.metrics["100"]["ssim"] > result.metrics["0"]["ssim"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(metrics) == {"0", "100"}
@@ -93,7 +93,9 @@ def test_relocation_matches_mcmc_paper_identity():
     from splat.strategy import relocation_torch
 
     n_max = 51
-    binoms = torch.tensor([[math.comb(n, k) if k <= n else 0 for k in range(n_max)] for n in range(n_max)]).float()
+    binoms = torch.tensor(
+        [[math.comb(n, k) if k <= n else 0 for k in range(n_max)] for n in range(n_max)]
+    ).float()
     o = torch.tensor([0.3, 0.8, 0.5])
     s = torch.ones(3, 3)
     ratios = torch.tensor([1, 2, 4])
