@@ -53,12 +53,12 @@ def build_pipeline(full: bool):
 
     if not full:
         return load_pipeline(tiny_pipeline("sd1"), device="cpu")
+    import tempfile
+
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from editkit.testing import make_tokenizer, tiny_scheduler
-
-    import tempfile
 
     tokenizer = make_tokenizer(Path(tempfile.mkdtemp()) / "tok")
     text = CLIPTextModel(CLIPTextConfig(  # CLIP ViT-L/14 text tower shape, random weights

@@ -9,7 +9,16 @@
 """
 
 from . import p2p
-from .hooks import AttentionCall, BatchLayout, Controller, HookError, HookSession, LayerInfo, describe_layers, hooked
+from .hooks import (
+    AttentionCall,
+    BatchLayout,
+    Controller,
+    HookError,
+    HookSession,
+    LayerInfo,
+    describe_layers,
+    hooked,
+)
 from .image import load_image
 from .inversion import METHODS as INVERSION_METHODS
 from .inversion import Inversion, edit_image, invert, reconstruct

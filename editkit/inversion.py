@@ -56,7 +56,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .image import image_to_tensor, load_image, model_multiple
-from .sampling import Conditioning, check_steps, decode_latents, default_size, denoise, encode_image, encode_prompts, predict_noise
+from .sampling import (
+    Conditioning,
+    check_steps,
+    decode_latents,
+    default_size,
+    denoise,
+    encode_image,
+    encode_prompts,
+    predict_noise,
+)
 
 METHODS = ("ddim", "null-text", "negative-prompt", "direct")
 _FORMAT = "editkit.inversion/1"
@@ -259,7 +268,7 @@ def null_text_optimisation(
         uncond = uncond.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([uncond], lr=1e-2 * (1.0 - i / 100.0))
         j = -1
-        for j in range(num_inner_steps):
+        for j in range(num_inner_steps):  # noqa: B007 - j is read after the loop (early stop)
             with torch.enable_grad():
                 eps_uncond = unet(z_cur, t, uncond, added_uncond)
                 guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)  # (3)

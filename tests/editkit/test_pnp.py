@@ -42,7 +42,7 @@ def test_injection_points_follow_the_reference(sd1, sdxl):
     names = set(layers.attention)
     assert all(".attn1." in n and n.startswith("up_blocks.") for n in names)
     assert not any(n.startswith(("up_blocks.0.", "up_blocks.1.attentions.0.")) for n in names)
-    expected = {n for n, l in describe_layers(sd1.unet).items() if l.place == "up" and not l.is_cross and l.block >= 1}
+    expected = {n for n, lyr in describe_layers(sd1.unet).items() if lyr.place == "up" and not lyr.is_cross and lyr.block >= 1}
     expected -= {n for n in expected if n.startswith("up_blocks.1.attentions.0.")}
     assert names == expected
     xl = injection_layers(sdxl.unet)  # SDXL: no attention in its last up block, the coarsest level is block 0
