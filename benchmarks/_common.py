@@ -76,12 +76,12 @@ def sd15_pipeline(device: torch.device, dtype: torch.dtype, full: bool):
     """A Stable Diffusion pipeline with random weights: the full SD 1.5 architecture (``full``), or a small
     CPU-sized one with the same block structure (4 blocks, attention at 1, 1/2, 1/4 of the latent, and 1/8
     in the mid block) and a latent of the same 64x64 size at its default resolution."""
+    import tempfile
+
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from editkit.testing import make_tokenizer, tiny_scheduler, tiny_vae
-
-    import tempfile
 
     tok = make_tokenizer(tempfile.mkdtemp(prefix="bench-tok-"))
     gen_state = torch.random.fork_rng(devices=[])
