@@ -480,9 +480,9 @@ def edit_image(
     uncond = None
     if inv.method == "null-text":
         uncond = inv.uncond_list(device, pipe.unet.dtype)
-    elif inv.method == "negative-prompt":
-        src = encode_prompts(pipe, [inv.prompt], height=h * pipe.vae_scale_factor, width=w * pipe.vae_scale_factor)
-        uncond = [src.cond[:1]] * inv.num_inference_steps
+    # negative-prompt (5): ∅ := C_src is the source prompt used as the negative prompt, which also carries
+    # SDXL's pooled embedding through the pipeline's own encoder
+    negative_prompt = inv.prompt if inv.method == "negative-prompt" else None
     callback = None
     if inv.method == "direct":
 
@@ -506,6 +506,7 @@ def edit_image(
         return_attention=return_attention,
         progress=progress,
         uncond_embeddings=uncond,
+        negative_prompt=negative_prompt,
         step_callback=callback,
     )
     if return_inversion:
