@@ -28,7 +28,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="full SD 1.5 UNet, 512 px, fp16, 50 steps (GPU)")
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=2, help="timed repeats of each (the best is kept)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats of each (the best is kept)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if (args.full and device.type == "cuda") else torch.float32
@@ -50,15 +50,17 @@ def main(argv=None):
         return p2p.generate(pipe, SOURCE, [TARGET], p2p.Replace(), local_blend=p2p.LocalBlend(["bicycle", "car"]),
                             num_inference_steps=steps, height=size, width=size, latents=latent, progress=False).images
 
-    results = {}
-    for name, fn in (("plain diffusers", plain), ("p2p replace", edit), ("p2p replace + local blend", edit_blend)):
+    # Interleave the runs and keep each one's best time, so a busy machine slows all of them alike.
+    runs = {"plain diffusers": plain, "p2p replace": edit, "p2p replace + local blend": edit_blend}
+    for fn in runs.values():
         fn()  # warm-up
-        best = None
-        for _ in range(args.repeats):
+    results = {}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
             with measure(device) as m:
                 fn()
-            best = m if best is None or m.seconds < best.seconds else best
-        results[name] = best
+            if name not in results or m.seconds < results[name].seconds:
+                results[name] = m
 
     base = results["plain diffusers"].seconds
     print(f"# bench_p2p  {datetime.date.today()}  commit {commit()}  device {device_name(device)}")
