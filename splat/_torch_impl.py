@@ -169,6 +169,37 @@ def project(
     return means2d, conics, z, radii
 
 
+def _tile_intersections(
+    lo: Tensor,  # [V, 2] first tile (x, y) of each depth-sorted visible Gaussian
+    hi: Tensor,  # [V, 2] last tile (inclusive)
+    n_tx: int,
+    n_ty: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """All (tile, Gaussian) pairs, grouped by tile and depth-sorted inside each tile.
+
+    Returns ``tile_ids`` [I], ``local`` [I] (rank of the pair's Gaussian among its tile's, 0 = nearest)
+    and ``gauss`` [I] (index into the V visible Gaussians), with I the number of intersections.
+    """
+    lo = torch.maximum(lo, torch.zeros_like(lo))
+    hi = torch.minimum(hi, torch.tensor([n_tx - 1, n_ty - 1], device=hi.device))
+    span = (hi - lo + 1).clamp_min(0)  # [V, 2] tiles covered along x and y
+    counts = span[:, 0] * span[:, 1]  # [V]
+    gauss = torch.repeat_interleave(torch.arange(len(counts), device=lo.device), counts)  # [I]
+    starts = torch.cumsum(counts, 0) - counts  # [V] first intersection of each Gaussian
+    offset = torch.arange(len(gauss), device=lo.device) - starts[gauss]  # [I] index inside its box
+    w = span[gauss, 0]
+    tx = lo[gauss, 0] + offset % w
+    ty = lo[gauss, 1] + torch.div(offset, w, rounding_mode="floor")
+    tile_ids = ty * n_tx + tx  # [I]
+    # Gaussians are already depth-sorted, so sorting by (tile, Gaussian rank) keeps depth order per tile
+    order = torch.argsort(tile_ids * len(counts) + gauss)
+    tile_ids, gauss = tile_ids[order], gauss[order]
+    per_tile = torch.bincount(tile_ids, minlength=n_tx * n_ty)  # [T]
+    tile_start = torch.cumsum(per_tile, 0) - per_tile  # [T]
+    local = torch.arange(len(tile_ids), device=lo.device) - tile_start[tile_ids]  # [I]
+    return tile_ids, local, gauss
+
+
 def _composite_tiles(
     means2d: Tensor,  # [N, 2]
     conics: Tensor,  # [N, 3]
@@ -179,15 +210,22 @@ def _composite_tiles(
     width: int,
     height: int,
     tile_size: int,
+    max_elements: int = 1 << 18,
 ) -> tuple[Tensor, Tensor]:
-    """Front-to-back alpha compositing of one camera, tile by tile -> image [H, W, D], alpha [H, W].
+    """Front-to-back alpha compositing of one camera -> image [H, W, D], alpha [H, W].
 
-    Per tile, the Gaussians whose screen box touches it are taken in depth order and composited densely:
-    a [P, G] alpha matrix (P pixels, G Gaussians) and a cumulative sum of log(1 - alpha) along G.
+    All tiles at once (in chunks of about ``max_elements`` alpha values to bound memory): the
+    depth-sorted Gaussians touching each tile are gathered into a padded ``[T, K]`` index (K = most
+    Gaussians on one tile of the chunk), their alphas evaluated as one ``[T, K, P]`` tensor (P pixels
+    per tile) and composited with an exclusive cumulative product of ``1 - alpha`` along K.
     """
     D = rgb.shape[-1]
+    dev, dtype = means2d.device, means2d.dtype
+    n_tx, n_ty = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    T, P = n_tx * n_ty, tile_size * tile_size
+
     vis = torch.where((radii > 0).all(dim=-1))[0]
-    vis = vis[torch.argsort(depths[vis].detach(), stable=True)]  # front to back
+    vis = vis[torch.argsort(depths[vis].detach(), stable=True)]  # [V] front to back
     with torch.no_grad():
         # the box outside which alpha < 1/255 anyway (tighter than 3.33 sigma for faint Gaussians)
         cov_diag = (
@@ -199,41 +237,64 @@ def _composite_tiles(
         centre = means2d[vis].detach()
         lo = torch.floor((centre - ext) / tile_size).long()  # [V, 2] tile coords
         hi = torch.floor((centre + ext) / tile_size).long()
-    n_tx, n_ty = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    rows_img, rows_acc = [], []
-    for ty in range(n_ty):
-        y0, y1 = ty * tile_size, min((ty + 1) * tile_size, height)
-        in_row = (lo[:, 1] <= ty) & (hi[:, 1] >= ty)
-        tiles_img, tiles_acc = [], []
-        for tx in range(n_tx):
-            x0, x1 = tx * tile_size, min((tx + 1) * tile_size, width)
-            gids = vis[in_row & (lo[:, 0] <= tx) & (hi[:, 0] >= tx)]  # [G], depth-sorted
-            h, w = y1 - y0, x1 - x0
-            if len(gids) == 0:
-                tiles_img.append(rgb.new_zeros(h, w, D))
-                tiles_acc.append(rgb.new_zeros(h, w))
-                continue
-            ys, xs = torch.meshgrid(
-                torch.arange(y0, y1, dtype=means2d.dtype, device=means2d.device) + 0.5,
-                torch.arange(x0, x1, dtype=means2d.dtype, device=means2d.device) + 0.5,
-                indexing="ij",
-            )
-            dx = means2d[gids, 0][None, :] - xs.reshape(-1, 1)  # [P, G]
-            dy = means2d[gids, 1][None, :] - ys.reshape(-1, 1)
-            con = conics[gids]  # [G, 3]
-            sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy  # [P, G]
-            alpha = torch.clamp_max(opacities[gids] * torch.exp(-sigma), ALPHA_MAX)
-            alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
-            log1m = torch.log1p(-alpha)  # [P, G]
-            log_t_incl = torch.cumsum(log1m, dim=1)
-            # the rasterizer stops at the first Gaussian that would bring T to or below T_MIN
-            live = log_t_incl > math.log(T_MIN)
-            weight = alpha * torch.exp(log_t_incl - log1m) * live  # alpha_i * T_i   [P, G]
-            tiles_img.append((weight @ rgb[gids]).reshape(h, w, D))
-            tiles_acc.append(weight.sum(1).reshape(h, w))
-        rows_img.append(torch.cat(tiles_img, dim=1))
-        rows_acc.append(torch.cat(tiles_acc, dim=1))
-    return torch.cat(rows_img, dim=0), torch.cat(rows_acc, dim=0)
+        tile_ids, local, gauss = _tile_intersections(lo, hi, n_tx, n_ty)
+        per_tile = torch.bincount(tile_ids, minlength=T)  # [T]
+
+    # pixel centres of every tile of the padded image: [T, P] each
+    ys, xs = torch.meshgrid(
+        torch.arange(n_ty * tile_size, dtype=dtype, device=dev) + 0.5,
+        torch.arange(n_tx * tile_size, dtype=dtype, device=dev) + 0.5,
+        indexing="ij",
+    )
+    to_tiles = lambda a: a.reshape(n_ty, tile_size, n_tx, tile_size).permute(0, 2, 1, 3).reshape(T, P)  # noqa: E731
+    px, py = to_tiles(xs), to_tiles(ys)
+
+    # Tiles are processed busiest first, in chunks whose [t, K, P] tensors stay below max_elements
+    # (at least one tile per chunk): sorting by count keeps the padding of each chunk small.
+    by_count = torch.argsort(per_tile, descending=True, stable=True)  # [T]
+    rank_of_tile = torch.empty_like(by_count)
+    rank_of_tile[by_count] = torch.arange(T, device=dev)
+    rank = rank_of_tile[tile_ids]  # [I] position of each intersection's tile in the sorted order
+    counts = per_tile[by_count].tolist()
+    out_img, out_acc = [], []
+    t0 = 0
+    while t0 < T:
+        kmax = counts[t0]  # the chunk's first tile is its busiest
+        if kmax == 0:  # every remaining tile is empty
+            out_img.append(rgb.new_zeros(T - t0, P, D))
+            out_acc.append(rgb.new_zeros(T - t0, P))
+            break
+        t1 = min(T, t0 + max(1, max_elements // (kmax * P)))
+        with torch.no_grad():
+            sel = (rank >= t0) & (rank < t1)
+            slot = torch.zeros(t1 - t0, kmax, dtype=torch.long, device=dev)  # [t, K] padded index
+            valid = torch.zeros(t1 - t0, kmax, dtype=torch.bool, device=dev)
+            slot[rank[sel] - t0, local[sel]] = vis[gauss[sel]]
+            valid[rank[sel] - t0, local[sel]] = True
+            tiles = by_count[t0:t1]  # [t]
+        mu = means2d[slot]  # [t, K, 2]
+        con = conics[slot]  # [t, K, 3]
+        dx = mu[..., 0:1] - px[tiles, None, :]  # [t, K, P]
+        dy = mu[..., 1:2] - py[tiles, None, :]
+        sigma = 0.5 * (con[..., 0:1] * dx * dx + con[..., 2:3] * dy * dy) + con[..., 1:2] * dx * dy
+        alpha = torch.clamp_max(opacities[slot][..., None] * torch.exp(-sigma), ALPHA_MAX)  # [t, K, P]
+        keep = (sigma >= 0) & (alpha >= ALPHA_MIN) & valid[..., None]
+        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+        t_incl = torch.cumprod(1 - alpha, dim=1)  # transmittance after each Gaussian   [t, K, P]
+        t_excl = torch.cat([torch.ones_like(t_incl[:, :1]), t_incl[:, :-1]], dim=1)  # T_i, before it
+        # the rasterizer stops at the first Gaussian that would bring T to or below T_MIN
+        weight = alpha * t_excl * (t_incl > T_MIN)  # alpha_i * T_i   [t, K, P]
+        out_img.append(torch.einsum("tkp,tkd->tpd", weight, rgb[slot]))  # [t, P, D]
+        out_acc.append(weight.sum(1))  # [t, P]
+        t0 = t1
+    unsort = rank_of_tile  # sorted position of each tile, in raster order
+
+    def untile(a: Tensor) -> Tensor:  # [T, P, ...] -> [H, W, ...]
+        rest = a.shape[2:]
+        a = a.reshape(n_ty, n_tx, tile_size, tile_size, *rest).transpose(1, 2)
+        return a.reshape(n_ty * tile_size, n_tx * tile_size, *rest)[:height, :width]
+
+    return untile(torch.cat(out_img)[unsort]), untile(torch.cat(out_acc)[unsort])
 
 
 def rasterize_torch(

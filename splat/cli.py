@@ -4,7 +4,7 @@
     splat render CKPT --scene SCENE --out DIR [--split test]  render views of a trained model
     splat eval CKPT --scene SCENE                             PSNR / SSIM (/ LPIPS) on held-out views
     splat export CKPT --out FILE.ply                          write the Gaussians as a 3DGS PLY
-    splat prepare SCENE                                       COLMAP SfM from SCENE/images
+    splat prepare SCENE [--overwrite] [--matcher ...]         COLMAP SfM from SCENE/images
 
 Every option is documented in ``splat <command> --help``. Options for ``train`` come from a preset,
 then ``SCENE/splat.json`` (a JSON object of option names, with underscores, to values), then the flags.
@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 import tyro
 
 from splat.config import PRESETS, TrainConfig
+from splat.sfm import PrepareConfig
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
@@ -83,6 +84,7 @@ class PrepareCommand:
 
     scene: tyro.conf.Positional[Path]
     """Scene folder with an images/ sub-folder."""
+    sfm: Annotated[PrepareConfig, tyro.conf.arg(name="")] = field(default_factory=PrepareConfig)
 
 
 COMMANDS = {
@@ -162,9 +164,11 @@ def _run(name: str, rest: list[str]) -> int:
 
     cmd = tyro.cli(COMMANDS[name], args=rest, prog=f"splat {name}")
     if name == "prepare":
-        from splat.sfm import PrepareConfig, prepare
+        from splat.sfm import prepare
 
-        print(prepare(cmd.scene, PrepareConfig()))
+        summary = prepare(cmd.scene, cmd.sfm)
+        if not cmd.sfm.progress:  # prepare prints its summary itself when progress is on
+            print(summary)
         return 0
     if name == "export":
         from splat.ply import write_ply

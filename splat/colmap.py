@@ -10,6 +10,8 @@ Accepted layout::
 Cameras are per image. PINHOLE and SIMPLE_PINHOLE models are used as they are. Any other model
 (SIMPLE_RADIAL, RADIAL, OPENCV, ...) is undistorted once with ``pycolmap.undistort_images`` into
 ``SCENE/.splat_cache/undistorted`` (rebuilt when the model files change), so users never convert by hand.
+When ``splat prepare`` made upright copies of EXIF-rotated photos (``SCENE/.splat_cache/upright``), SfM ran
+on those, so they are what is read (and undistorted) instead of the raw files.
 Every problem with the input raises :class:`SceneError` naming the file and what is wrong.
 """
 
@@ -162,6 +164,25 @@ def undistort_to_cache(model_dir: Path, image_dir: Path, cache_root: Path) -> Pa
     return target
 
 
+def upright_image_dir(scene: Path, image_dir: Path, names: list[str], cache_dir: str | Path | None) -> Path:
+    """The folder of upright copies that ``splat.sfm.prepare`` wrote for EXIF-rotated photos
+    (``SCENE/.splat_cache/upright``, or ``CACHE/upright``) when it holds an up-to-date copy of every
+    image in ``names``; else ``image_dir``. SfM ran on those copies, so the model's pixels are theirs."""
+    roots = [scene / CACHE_DIRNAME] + ([Path(cache_dir)] if cache_dir is not None else [])
+    for upright in (root / "upright" for root in roots):
+        if not upright.is_dir():
+            continue
+        try:
+            fresh = all(
+                (upright / n).stat().st_mtime_ns >= (image_dir / n).stat().st_mtime_ns for n in names
+            )
+        except FileNotFoundError:
+            fresh = False
+        if fresh:
+            return upright
+    return image_dir
+
+
 def load_scene(scene: str | Path, images: str = "images", cache_dir: str | Path | None = None) -> SceneModel:
     """Read ``scene`` into pinhole views (undistorting when needed) and SfM points; validate everything."""
     scene = Path(scene)
@@ -178,6 +199,7 @@ def load_scene(scene: str | Path, images: str = "images", cache_dir: str | Path 
         raise SceneError(f"COLMAP model in {model_dir} has no 3D points; Gaussians are initialised from them")
 
     reg_ids = sorted(rec.reg_image_ids(), key=lambda i: rec.images[i].name)
+    image_dir = upright_image_dir(scene, image_dir, [rec.images[i].name for i in reg_ids], cache_dir)
     # validate every registered image before anything is written (e.g. the undistortion cache)
     for i in reg_ids:
         img = rec.images[i]
