@@ -94,7 +94,7 @@ class TrainConfig:
     refine_every: int = 100
     """Densify every this many steps."""
     reset_every: int = 3000
-    """Reset opacities every this many steps while densifying (default strategy); 0 disables."""
+    """Reset opacities every this many steps while densifying (default strategy); 0 disables. Opacities clamped to `reset_value` need a few hundred steps to recover: leave that many after the last reset (short runs: one reset or none)."""
     reset_value: float = 0.01
     """Opacities are clamped to at most this value at a reset."""
     grow_grad2d: float = 0.0002
