@@ -149,6 +149,8 @@ def pnp_edit(
     return_inversion: bool = False,
     progress: bool = True,
     output_type: str = "pil",
+    size: int | tuple[int, int] | None = None,
+    keep_aspect: bool = False,
 ) -> PnPResult:
     """Edit a real image into ``target_prompt`` with Plug-and-Play feature and self-attention injection.
 
@@ -166,6 +168,7 @@ def pnp_edit(
         generator: unused (everything is deterministic from the inversion); accepted for API symmetry.
         return_inversion: attach the inversion to the result, to make more edits from it.
         progress: show progress bars.
+        size, keep_aspect: how an image is fitted to the model (see :func:`editkit.image.load_image`).
 
     Examples:
         >>> res = pnp_edit(pipe, "horse.jpg", "a photo of a pink toy horse on the beach", return_inversion=True)
@@ -190,7 +193,8 @@ def pnp_edit(
         source_prompt = inv.prompt
     else:
         check_steps(num_inference_steps)
-        inv = invert(pipe, image_or_inversion, source_prompt, "ddim", num_inference_steps, guidance_scale, progress=progress)
+        inv = invert(pipe, image_or_inversion, source_prompt, "ddim", num_inference_steps, guidance_scale,
+                     size=size, keep_aspect=keep_aspect, progress=progress)
     T = inv.num_inference_steps
     device, dtype = pipe._execution_device, pipe.unet.dtype
     latent_hw = tuple(inv.latents.shape[-2:])
