@@ -33,8 +33,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="CPU run length")
     ap.add_argument("--max-width", type=int, default=128, help="CPU image width")
     ap.add_argument("--out", type=Path, default=None, help="output root (default: a temp folder)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (1 on a machine shared with other jobs)")
     args = ap.parse_args()
-    torch.set_num_threads(2) if not args.full else None
+    torch.set_num_threads(args.threads) if not args.full else None
     if args.full and not torch.cuda.is_available():
         raise SystemExit("--full needs a CUDA GPU")
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-splat-"))

@@ -6,10 +6,13 @@ with the ``+0.5`` offset, an ``eps2d`` low-pass filter, alpha clamped to 0.999, 
 ``alpha < 1/255`` skipped, and front-to-back compositing that stops once transmittance would fall
 below 1e-4), so that the two agree forward and backward up to float round-off.
 
-Like gsplat it works tile by tile (16x16 pixels): each tile composites, densely, the depth-sorted
-Gaussians whose screen-space box touches it, with a cumulative sum of ``log(1 - alpha)`` giving the
-transmittance. Memory and time grow with (pixels x Gaussians per tile), so it is meant for small
-images (tests, CPU training of small scenes), not for full-resolution training.
+Like gsplat it works on tiles, but all at once instead of one thread block per tile: the depth-sorted
+Gaussians whose screen-space box touches a tile are gathered into a padded [tiles, K] index, alphas are
+evaluated as one [tiles, K, pixels] tensor and composited with an exclusive cumulative product of
+(1 - alpha). Tiles are 8x8 by default (gsplat: 16x16; the image does not depend on it): each
+(tile, Gaussian) pair costs a whole tile of pixels, and small tiles waste less on small Gaussians.
+Memory and time grow with (pixels x Gaussians per tile), so it is meant for small images (tests, CPU
+training of small scenes), not for full-resolution training.
 
 Notation (3DGS paper -> code):
     mu (3D mean)          means       [N, 3]
@@ -17,8 +20,8 @@ Notation (3DGS paper -> code):
     W (world->camera)     viewmats    [C, 4, 4]
     J (affine Jacobian)   jac         [C, N, 2, 3]
     Sigma' (2D)           covars2d    [C, N, 2, 2]
-    alpha_i               alpha       [P, G]  (pixels x Gaussians of one tile)
-    T_i                   exp(log_t_incl - log1m)
+    alpha_i               alpha       [t, K, P]  (tiles x Gaussians per tile x pixels per tile)
+    T_i                   t_excl      [t, K, P]
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ SH_C3 = (
 )
 
 ALPHA_MIN = 1.0 / 255.0  # pairs with a smaller alpha are skipped
-ALPHA_MAX = 0.999  # alpha is clamped to this value
+ALPHA_MAX = 0.999  # alpha is clamped to this value (gsplat; the original 3DGS CUDA code uses 0.99)
 T_MIN = 1e-4  # compositing stops before transmittance drops below this
 
 
@@ -312,7 +315,7 @@ def rasterize_torch(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
-    tile_size: int = 16,
+    tile_size: int = 8,
 ) -> tuple[Tensor, Tensor, dict]:
     """Render C images; returns colours [C, H, W, D], alphas [C, H, W, 1] and a gsplat-like meta dict."""
     C = viewmats.shape[0]
