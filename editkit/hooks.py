@@ -277,7 +277,7 @@ class HookProcessor:
             query, key = controller.on_qk(query, key, call)
 
         if probs_ctrl:
-            scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale  # [B, H, N, M]
+            scores = torch.matmul(query * attn.scale, key.transpose(-1, -2))  # [B, H, N, M]
             if attention_mask is not None:
                 scores = scores + attention_mask
             if attn.upcast_softmax or attn.upcast_attention:

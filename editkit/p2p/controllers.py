@@ -136,7 +136,7 @@ class AttentionEdit(Controller):
             new = self.replace_cross_attention(base, replace) * alpha + (1 - alpha) * replace
         else:
             new = base.unsqueeze(0).expand_as(replace)
-        probs = probs.clone()
+        # `new` is a fresh tensor (or row 0 broadcast), so the target rows can be written in place
         probs[rows.start + 1 : rows.stop] = new.to(probs.dtype)
         return probs
 
