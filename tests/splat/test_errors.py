@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import small_config
 from PIL import Image
 
 from splat.colmap import SceneError, read_reconstruction
 from splat.trainer import OutputError, train
+
+from .conftest import small_config
 
 
 @pytest.fixture

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_SCENES
 
 from splat.colmap import load_scene, read_reconstruction
 from splat.ply import property_names, read_ply, write_ply
+
+from .conftest import SHARED_SCENES
 
 BEERCAN = SHARED_SCENES / "beercan"
 needs_beercan = pytest.mark.skipif(not BEERCAN.is_dir(), reason="../shared/scenes/beercan not available")

@@ -9,11 +9,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_SCENES, small_config
 
 from splat._torch_impl import covariance_3d, project
 from splat.colmap import load_scene, read_reconstruction
 from splat.data import ViewDataset
+
+from .conftest import SHARED_SCENES, small_config
 
 CUP = SHARED_SCENES / "cup"
 needs_cup = pytest.mark.skipif(not CUP.is_dir(), reason="../shared/scenes/cup not available")

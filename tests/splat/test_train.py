@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import small_config
 
 from splat.trainer import Trainer, train
+
+from .conftest import small_config
 
 
 def test_short_training_raises_held_out_psnr(synthetic_scene, tmp_path):
