@@ -59,6 +59,21 @@ def measure(device: torch.device):
             m.peak_bytes = max(peak[0], _rss_bytes()) - base
 
 
+def best_of(runs: dict, repeats: int, device: torch.device) -> dict[str, Measure]:
+    """Warm each run up, then time them interleaved ``repeats`` times and keep each one's best, so a busy
+    machine slows all of them alike."""
+    for fn in runs.values():
+        fn()
+    results: dict[str, Measure] = {}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            with measure(device) as m:
+                fn()
+            if name not in results or m.seconds < results[name].seconds:
+                results[name] = m
+    return results
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import commit, device_name, fmt_mb, measure, sd15_pipeline  # noqa: E402
+from _common import best_of, commit, device_name, fmt_mb, sd15_pipeline  # noqa: E402
 
 from editkit import p2p  # noqa: E402
 
@@ -50,17 +50,8 @@ def main(argv=None):
         return p2p.generate(pipe, SOURCE, [TARGET], p2p.Replace(), local_blend=p2p.LocalBlend(["bicycle", "car"]),
                             num_inference_steps=steps, height=size, width=size, latents=latent, progress=False).images
 
-    # Interleave the runs and keep each one's best time, so a busy machine slows all of them alike.
     runs = {"plain diffusers": plain, "p2p replace": edit, "p2p replace + local blend": edit_blend}
-    for fn in runs.values():
-        fn()  # warm-up
-    results = {}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            with measure(device) as m:
-                fn()
-            if name not in results or m.seconds < results[name].seconds:
-                results[name] = m
+    results = best_of(runs, args.repeats, device)
 
     base = results["plain diffusers"].seconds
     print(f"# bench_p2p  {datetime.date.today()}  commit {commit()}  device {device_name(device)}")

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import commit, device_name, fmt_mb, measure, sd15_pipeline  # noqa: E402
+from _common import best_of, commit, device_name, fmt_mb, sd15_pipeline  # noqa: E402
 
 from editkit.inversion import edit_image, invert  # noqa: E402
 from editkit.p2p import Replace, generate  # noqa: E402
@@ -70,15 +70,7 @@ def main(argv=None):
     runs = {"plain generation (1 prompt)": plain}
     runs.update({f"P2P real edit, {m} inversion": p2p_real(m) for m in ("ddim", "null-text", "negative-prompt", "direct")})
     runs["Plug-and-Play real edit"] = pnp
-    for fn in runs.values():
-        fn()  # warm-up
-    results = {}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            with measure(device) as m:
-                fn()
-            if name not in results or m.seconds < results[name].seconds:
-                results[name] = m
+    results = best_of(runs, args.repeats, device)
 
     base = results["plain generation (1 prompt)"].seconds
     print(f"# bench_real_edit  {datetime.date.today()}  commit {commit()}  device {device_name(device)}")

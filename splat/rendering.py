@@ -56,44 +56,14 @@ def rasterize(
     """
     if backend == "auto":
         backend = "gsplat" if means.is_cuda else "torch"
+    args = (means, quats, scales, opacities, colors, viewmats, Ks, width, height)
+    kwargs = dict(sh_degree=sh_degree, backgrounds=backgrounds, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d)
     if backend == "gsplat":
         if not means.is_cuda:
             raise ValueError("backend='gsplat' needs CUDA tensors; use backend='torch' on CPU")
         from gsplat import rasterization  # lazy: importing is CUDA-free, but keep start-up light
 
-        return rasterization(
-            means,
-            quats,
-            scales,
-            opacities,
-            colors,
-            viewmats,
-            Ks,
-            width,
-            height,
-            sh_degree=sh_degree,
-            backgrounds=backgrounds,
-            near_plane=near_plane,
-            far_plane=far_plane,
-            eps2d=eps2d,
-            packed=False,
-            absgrad=absgrad,
-        )
+        return rasterization(*args, **kwargs, packed=False, absgrad=absgrad)
     if backend == "torch":
-        return rasterize_torch(
-            means,
-            quats,
-            scales,
-            opacities,
-            colors,
-            viewmats,
-            Ks,
-            width,
-            height,
-            sh_degree=sh_degree,
-            backgrounds=backgrounds,
-            near_plane=near_plane,
-            far_plane=far_plane,
-            eps2d=eps2d,
-        )
+        return rasterize_torch(*args, **kwargs)
     raise ValueError(f"unknown backend {backend!r}; expected 'auto', 'gsplat' or 'torch'")
