@@ -32,6 +32,7 @@ Notation in this module::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -138,7 +139,12 @@ class Controller:
     """Base class of everything that reads or edits attention.
 
     Override what you need; the defaults read and edit nothing, so the layer keeps its fast path.
+    A controller that reads or edits only the conditional rows sets ``cond_rows_only = True``: when every
+    controller of a layer does, the unconditional half keeps the fused kernel and ``on_probs`` receives
+    the conditional rows alone, described by a layout without guidance (``layout.cond`` still selects them).
     """
+
+    cond_rows_only: bool = False
 
     def wants_qk(self, call: AttentionCall) -> bool:
         return False
@@ -276,21 +282,22 @@ class HookProcessor:
         for controller in qk_ctrl:
             query, key = controller.on_qk(query, key, call)
 
-        if probs_ctrl:
-            scores = torch.matmul(query * attn.scale, key.transpose(-1, -2))  # [B, H, N, M]
+        if probs_ctrl and call.layout.cfg and all(c.cond_rows_only for c in probs_ctrl):
+            # The controllers read and edit only the conditional rows: the unconditional half keeps the
+            # fused kernel, and the controllers see the conditional half as a batch without guidance.
+            unc, cond = call.layout.uncond, call.layout.cond
+            mask_u = mask_c = None
             if attention_mask is not None:
-                scores = scores + attention_mask
-            if attn.upcast_softmax or attn.upcast_attention:
-                scores = scores.float()
-            probs = scores.softmax(dim=-1).to(value.dtype)
-            for controller in probs_ctrl:
-                probs = controller.on_probs(probs, call)
-            self.session.materialised.add(self.layer.name)
-            hidden_states = torch.matmul(probs, value)  # [B, H, N, d]
+                mask_u, mask_c = attention_mask[unc], attention_mask[cond]
+            cond_call = dataclasses.replace(call, layout=BatchLayout(call.layout.num_prompts, cfg=False))
+            hidden_states = torch.cat([
+                _sdpa(query[unc], key[unc], value[unc], mask_u),
+                self._materialise(attn, query[cond], key[cond], value[cond], mask_c, probs_ctrl, cond_call),
+            ])
+        elif probs_ctrl:
+            hidden_states = self._materialise(attn, query, key, value, attention_mask, probs_ctrl, call)
         else:  # only Q/K edits: keep the fused kernel
-            hidden_states = torch.nn.functional.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-            )
+            hidden_states = _sdpa(query, key, value, attention_mask)
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
@@ -300,6 +307,26 @@ class HookProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+    def _materialise(self, attn, query, key, value, attention_mask, probs_ctrl, call):
+        """softmax(Q K^T / sqrt(d)) explicitly, edited by the controllers, applied to V: ``[b, H, N, d]``."""
+        scores = torch.matmul(query * attn.scale, key.transpose(-1, -2))  # [b, H, N, M]
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        if attn.upcast_softmax or attn.upcast_attention:
+            scores = scores.float()
+        probs = scores.softmax(dim=-1).to(value.dtype)
+        for controller in probs_ctrl:
+            probs = controller.on_probs(probs, call)
+        self.session.materialised.add(self.layer.name)
+        return torch.matmul(probs, value)
+
+
+def _sdpa(query, key, value, attention_mask):
+    return torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+    )
 
 
 @contextlib.contextmanager

@@ -46,6 +46,8 @@ class AttentionStore(Controller):
     averages weight every head of every layer equally, as the original does.
     """
 
+    cond_rows_only = True
+
     def __init__(self, min_factor: int = STORE_MIN_FACTOR, cross_only: bool = False):
         self.min_factor = min_factor
         self.cross_only = cross_only
@@ -110,6 +112,8 @@ class AttentionEdit(Controller):
         cross_replace_steps: fraction, ``(start, end)`` window, or per-word dict with ``"default_"``.
         self_replace_steps: fraction or ``(start, end)`` window.
     """
+
+    cond_rows_only = True
 
     def __init__(self, prompts, tokenizer, num_steps: int, cross_replace_steps=0.8, self_replace_steps=0.4, max_len: int = 77):
         if len(prompts) < 2:

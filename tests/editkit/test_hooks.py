@@ -152,3 +152,25 @@ def test_no_attention_layer_is_a_clear_error():
 
     with pytest.raises(HookError, match="no attention layers"), hooked(NoAttention(), []):
         pass
+
+
+def test_cond_only_controllers_leave_the_unconditional_half_fused(sd1):
+    shapes = []
+
+    class CondOnly(Controller):
+        cond_rows_only = True
+
+        def wants_probs(self, call):
+            return call.layer.is_cross
+
+        def on_probs(self, probs, call):
+            shapes.append((probs.shape[0], call.layout.cfg, (call.layout.cond.start, call.layout.cond.stop)))
+            return probs
+
+    cond = encode_prompts(sd1, [PROMPT, "a dog"], height=32, width=32)
+    x_t = initial_latents(sd1, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+    reference = denoise(sd1, x_t, cond, 2, 7.5, progress=False)
+    with hooked(sd1.unet, [CondOnly()]) as session:
+        out = denoise(sd1, x_t, cond, 2, 7.5, session=session, progress=False)
+    assert shapes and set(shapes) == {(2, False, (0, 2))}  # only the 2 conditional rows, no guidance
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
