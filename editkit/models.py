@@ -78,6 +78,7 @@ def load_pipeline(
     local_files_only: bool | None = None,
     scheduler: str = "ddim",
     config: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ):
     """Load a Stable Diffusion pipeline for editing.
 
@@ -91,6 +92,7 @@ def load_pipeline(
         scheduler: ``"ddim"`` (default, what the editing methods are defined with) or ``"keep"``.
         config: for a single checkpoint file, the diffusers folder or hub id whose configuration it follows
             (needed offline: without it diffusers looks the configuration up on the hub).
+        cache_dir: the Hugging Face hub cache to read hub ids from (default: the hub client's own).
 
     Raises:
         ModelNotFoundError: nothing loadable at ``model``, with instructions on how to point at a model.
@@ -101,7 +103,7 @@ def load_pipeline(
     if _is_pipeline(model):
         pipe = model
     elif isinstance(model, str | os.PathLike):
-        pipe = _load_from_path_or_hub(str(model), dtype, local_files_only, config)
+        pipe = _load_from_path_or_hub(str(model), dtype, local_files_only, config, cache_dir)
     else:
         raise TypeError(
             f"model must be a path, a hub id or a diffusers pipeline, got {type(model).__name__}. " + HOW_TO_POINT
@@ -118,7 +120,7 @@ def load_pipeline(
     return pipe
 
 
-def _load_from_path_or_hub(name: str, dtype, local_files_only, config=None):
+def _load_from_path_or_hub(name: str, dtype, local_files_only, config=None, cache_dir=None):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = Path(name).expanduser()
@@ -144,7 +146,7 @@ def _load_from_path_or_hub(name: str, dtype, local_files_only, config=None):
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        return _from_pretrained(name, dtype, local_files_only=local_files_only)
+        return _from_pretrained(name, dtype, local_files_only=local_files_only, cache_dir=cache_dir)
     except Exception as e:  # noqa: BLE001
         raise ModelNotFoundError(
             f"could not load {name!r} from the Hugging Face hub or its local cache ({type(e).__name__}: "
@@ -152,13 +154,15 @@ def _load_from_path_or_hub(name: str, dtype, local_files_only, config=None):
         ) from e
 
 
-def _from_pretrained(name: str, dtype, local_files_only: bool):
+def _from_pretrained(name: str, dtype, local_files_only: bool, cache_dir=None):
     from diffusers import DiffusionPipeline
 
     extra = {}
     if _is_sd1_like(name):
         # SD 1.x/2.x: do not load the safety checker (editing is not text-to-image serving).
         extra = dict(safety_checker=None, requires_safety_checker=False)
+    if cache_dir is not None:
+        extra["cache_dir"] = str(cache_dir)
     return DiffusionPipeline.from_pretrained(name, **_dtype_kwarg(dtype), local_files_only=local_files_only, **extra)
 
 

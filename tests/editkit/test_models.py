@@ -48,3 +48,18 @@ def test_no_weights_offline_gives_instructions(tmp_path, monkeypatch):
         load_pipeline(text, device="cpu")
     with pytest.raises(TypeError, match="path, a hub id or a diffusers pipeline"):
         load_pipeline(42)
+
+
+def test_hub_id_from_the_local_hub_cache(tiny_model_dirs, tmp_path):
+    # Lay the tiny model out as the hub client caches a download, then load it by its hub id, offline.
+    import shutil
+
+    repo = tmp_path / "models--editkit-tests--tiny-sd1"
+    revision = "0" * 40
+    shutil.copytree(tiny_model_dirs["sd1"], repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    pipe = load_pipeline("editkit-tests/tiny-sd1", device="cpu", local_files_only=True, cache_dir=tmp_path)
+    assert type(pipe).__name__ == "StableDiffusionPipeline" and isinstance(pipe.scheduler, DDIMScheduler)
+    with pytest.raises(ModelNotFoundError, match="editkit-tests/not-there"):
+        load_pipeline("editkit-tests/not-there", device="cpu", local_files_only=True, cache_dir=tmp_path)
