@@ -174,6 +174,23 @@ def relocation_torch(
     return new_o, (opacities / denom)[:, None] * scales
 
 
+def _relocated_writer(params, opacities: Tensor, sampled: Tensor, binoms: Tensor, min_opacity: float):
+    """The MCMC relocation of the ``sampled`` Gaussians (which may repeat): a function writing their new
+    opacity and scale into a parameter tensor in place (other parameters are left alone)."""
+    new_o, new_s = relocation_torch(
+        opacities[sampled], torch.exp(params["scales"])[sampled], torch.bincount(sampled)[sampled] + 1, binoms
+    )
+    new_o = new_o.clamp(min=min_opacity, max=1.0 - torch.finfo(torch.float32).eps)
+
+    def write(name: str, p: Tensor) -> None:
+        if name == "opacities":
+            p[sampled] = torch.logit(new_o).reshape(p[sampled].shape)
+        elif name == "scales":
+            p[sampled] = torch.log(new_s)
+
+    return write
+
+
 def _relocate_cpu(params, optimizers, dead: Tensor, binoms: Tensor, min_opacity: float) -> None:
     *_, multinomial, update, _ = _lazy_gsplat()
     opacities = torch.sigmoid(params["opacities"].flatten())
@@ -182,16 +199,10 @@ def _relocate_cpu(params, optimizers, dead: Tensor, binoms: Tensor, min_opacity:
     if len(alive_idx) == 0:
         return
     sampled = alive_idx[multinomial(opacities[alive_idx], len(dead_idx), replacement=True)]
-    new_o, new_s = relocation_torch(
-        opacities[sampled], torch.exp(params["scales"])[sampled], torch.bincount(sampled)[sampled] + 1, binoms
-    )
-    new_o = new_o.clamp(min=min_opacity, max=1.0 - torch.finfo(torch.float32).eps)
+    write = _relocated_writer(params, opacities, sampled, binoms, min_opacity)
 
     def param_fn(name: str, p: Tensor) -> Tensor:
-        if name == "opacities":
-            p[sampled] = torch.logit(new_o).reshape(p[sampled].shape)
-        elif name == "scales":
-            p[sampled] = torch.log(new_s)
+        write(name, p)
         p[dead_idx] = p[sampled]
         return torch.nn.Parameter(p, requires_grad=p.requires_grad)
 
@@ -206,16 +217,10 @@ def _sample_add_cpu(params, optimizers, n: int, binoms: Tensor, min_opacity: flo
     *_, multinomial, update, _ = _lazy_gsplat()
     opacities = torch.sigmoid(params["opacities"].flatten())
     sampled = multinomial(opacities, n, replacement=True)
-    new_o, new_s = relocation_torch(
-        opacities[sampled], torch.exp(params["scales"])[sampled], torch.bincount(sampled)[sampled] + 1, binoms
-    )
-    new_o = new_o.clamp(min=min_opacity, max=1.0 - torch.finfo(torch.float32).eps)
+    write = _relocated_writer(params, opacities, sampled, binoms, min_opacity)
 
     def param_fn(name: str, p: Tensor) -> Tensor:
-        if name == "opacities":
-            p[sampled] = torch.logit(new_o).reshape(p[sampled].shape)
-        elif name == "scales":
-            p[sampled] = torch.log(new_s)
+        write(name, p)
         return torch.nn.Parameter(torch.cat([p, p[sampled]]), requires_grad=p.requires_grad)
 
     def optimizer_fn(key: str, v: Tensor) -> Tensor:
