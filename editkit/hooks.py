@@ -179,7 +179,6 @@ class HookSession:
     num_steps: int = 0
     step: int = 0
     timestep: int | None = None
-    calls: int = 0  # hooked-layer calls seen (diagnostics only; never used as a clock)
     materialised: set[str] = field(default_factory=set)  # layers that computed probabilities at least once
 
     def begin(self, layout: BatchLayout, latent_hw: tuple[int, int], num_steps: int) -> None:
@@ -236,7 +235,6 @@ class HookProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         session = self.session
-        session.calls += 1
         num_tokens = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
         call = session.call_for(self.layer, num_tokens)
         qk_ctrl = probs_ctrl = ()
