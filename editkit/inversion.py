@@ -48,14 +48,17 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from safeio import atomic_path
+
 from .image import image_to_tensor, load_image, model_multiple
+from .progress import DDIM_INVERSION, NULL_TEXT
+from .progress import report as progress_report
 from .sampling import (
     Conditioning,
     check_steps,
@@ -124,15 +127,8 @@ class Inversion:
             "guidance_scale": repr(float(self.guidance_scale)),
             "method": self.method,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
         return path
 
     @classmethod
@@ -225,6 +221,7 @@ def ddim_invert_latent(pipe, z0: torch.Tensor, cond: Conditioning, num_inference
         pred_z0 = (z - (1 - alpha_prod_t_prev) ** 0.5 * eps) / alpha_prod_t_prev**0.5
         z = alpha_prod_t**0.5 * pred_z0 + (1 - alpha_prod_t) ** 0.5 * eps
         trajectory.append(z)
+        progress_report(DDIM_INVERSION, i + 1, len(timesteps))
     return torch.cat(trajectory)
 
 
@@ -287,6 +284,7 @@ def null_text_optimisation(
             step_cond = Conditioning(cond.cond[:1], uncond.to(cond.cond.dtype), cond.cond_added, cond.uncond_added)
             guided = predict_noise(pipe, z_cur.to(unet_dtype), t, step_cond, i, guidance_scale).float()
             z_cur = scheduler.step(guided, t, z_cur, return_dict=False)[0]
+        progress_report(NULL_TEXT, i + 1, T)
     bar.close()
     return torch.stack(out)
 

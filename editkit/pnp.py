@@ -50,6 +50,8 @@ from tqdm.auto import tqdm
 
 from .hooks import AttentionCall, BatchLayout, Controller, describe_layers, hooked
 from .inversion import Inversion, check_inversion, invert
+from .progress import PNP
+from .progress import report as progress_report
 from .sampling import check_steps, decode_latents, encode_prompts
 
 DEFAULT_NEGATIVE_PROMPT = "ugly, blurry, black, low res, unrealistic"
@@ -248,6 +250,7 @@ def pnp_edit(
                     uncond, text = out.chunk(2)
                     out = uncond + guidance_scale * (text - uncond)
                 x = scheduler.step(out, t, x, return_dict=False)[0]
+                progress_report(PNP, i + 1, T)
     finally:
         handle.remove()
 

@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .hooks import BatchLayout, HookSession
+from .progress import SAMPLING
+from .progress import report as progress_report
 
 
 def is_sdxl(pipe) -> bool:
@@ -195,6 +197,7 @@ def denoise(
             latents = session.step_end(latents)
         if step_callback is not None:
             latents = step_callback(i, latents)
+        progress_report(SAMPLING, i + 1, len(timesteps))
     return latents
 
 

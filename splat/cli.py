@@ -113,8 +113,9 @@ def _checkpoint_setup(checkpoint: Path, scene: Path, device: str):
     """A Trainer for ``scene`` configured as the checkpoint's run, with the checkpoint's Gaussians."""
     import torch
 
+    from splat.checkpoint import read_checkpoint
     from splat.config import apply_overrides
-    from splat.trainer import Trainer, read_checkpoint
+    from splat.trainer import Trainer
 
     ckpt = read_checkpoint(checkpoint)
     saved = {k: v for k, v in ckpt["config"].items() if k not in ("resume",)}
@@ -171,8 +172,8 @@ def _run(name: str, rest: list[str]) -> int:
             print(summary)
         return 0
     if name == "export":
+        from splat.checkpoint import read_checkpoint
         from splat.ply import write_ply
-        from splat.trainer import read_checkpoint
 
         write_ply(cmd.out, read_checkpoint(cmd.checkpoint)["params"])
         print(f"wrote {cmd.out}")
@@ -184,13 +185,13 @@ def _run(name: str, rest: list[str]) -> int:
             trainer.out = Path(_tmpdir())
         else:
             trainer.out = cmd.out
-        from splat.trainer import check_output_dir
+        from splat.outputs import check_output_dir
 
         check_output_dir(trainer.out)
         print(json.dumps(trainer.evaluate(trainer.step), indent=2))
         return 0
     if name == "render":
-        from splat.trainer import atomic_save_image, check_output_dir
+        from splat.outputs import atomic_save_image, check_output_dir
 
         trainer = _checkpoint_setup(cmd.checkpoint, cmd.scene, cmd.device)
         check_output_dir(cmd.out)

@@ -7,13 +7,13 @@ channel-major (all R coefficients, then G, then B), positions are in the COLMAP 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from safeio import atomic_write_bytes
 
 
 def property_names(num_rest: int = 15) -> list[str]:
@@ -89,17 +89,3 @@ def read_ply(path: str | Path) -> dict[str, Tensor]:
         "scales": take([f"scale_{i}" for i in range(3)]),
         "quats": take([f"rot_{i}" for i in range(4)]),
     }
-
-
-def atomic_write_bytes(path: str | Path, blob: bytes) -> None:
-    """Write ``blob`` to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

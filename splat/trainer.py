@@ -19,28 +19,31 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
+from safeio import atomic_write_bytes
+from splat.checkpoint import read_checkpoint
 from splat.colmap import SceneError, SceneModel, find_model_dir, load_scene
 from splat.config import PRESETS, TrainConfig, apply_overrides, config_to_dict, load_scene_overrides
 from splat.data import ViewDataset, camera_extent, split_indices
+from splat.metrics import _load_lpips, psnr, ssim
+from splat.outputs import (
+    OutputError,
+    atomic_save_image,
+    atomic_write_text,
+    check_output_dir,
+    would_be_writable,
+)
 from splat.params import PARAM_KEYS, make_optimizers, make_params, rgb_to_sh, set_lr
-from splat.ply import atomic_write_bytes, write_ply
+from splat.ply import write_ply
 from splat.rendering import rasterize
 from splat.strategy import Densifier
-
-
-class OutputError(ValueError):
-    """The output folder cannot be created or written."""
 
 
 @dataclass
@@ -99,68 +102,6 @@ def init_gaussians(points: np.ndarray, colors: np.ndarray, cfg: TrainConfig) -> 
     return make_params(means, scales, quats, opacities, sh0, shN)
 
 
-def psnr(pred: Tensor, gt: Tensor) -> float:
-    mse = F.mse_loss(pred.clamp(0, 1), gt).item()
-    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
-
-
-def ssim(pred: Tensor, gt: Tensor) -> Tensor:
-    """SSIM of [H, W, 3] images (11x11 Gaussian window, sigma 1.5, as the original)."""
-    from pytorch_msssim import ssim as _ssim
-
-    return _ssim(pred.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None], data_range=1.0, size_average=True)
-
-
-def _load_lpips(device: torch.device):
-    """LPIPS(alex) if the package and all its weights are on disk already; None otherwise (no download)."""
-    try:
-        import lpips  # noqa: F401
-    except ImportError:
-        return None
-    backbone = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
-    if not backbone.is_file():
-        return None
-    try:
-        import lpips
-
-        return lpips.LPIPS(net="alex", verbose=False).to(device).eval()
-    except Exception:
-        return None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_save_image(path: Path, image: Tensor) -> None:
-    """Save an [H, W, 3] float image in [0, 1] as PNG, atomically."""
-    arr = (image.detach().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def check_output_dir(out: Path) -> None:
-    """Create ``out`` and prove it is writable, or raise :class:`OutputError`."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise OutputError(f"output folder {out} cannot be written: {e.strerror or e}") from e
-
-
-def _would_be_writable(out: Path) -> bool:
-    """True if ``out`` exists as a writable folder or could be created (without creating it)."""
-    p = out
-    while not p.exists():
-        if p.parent == p:
-            return False
-        p = p.parent
-    return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
-
-
 def ensure_model(scene: Path) -> None:
     """Run SfM (``splat.sfm.prepare``) when the scene has images but no COLMAP model yet."""
     if find_model_dir(scene) is not None:
@@ -201,7 +142,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if self.out.exists() and not self.out.is_dir():
             raise OutputError(f"output folder {self.out} exists and is not a folder")
-        if not _would_be_writable(self.out):
+        if not would_be_writable(self.out):
             raise OutputError(f"output folder {self.out} cannot be written (permission denied)")
         ensure_model(self.scene)
         cache = cfg.cache_dir
@@ -446,19 +387,6 @@ class Trainer:
         self.metrics = json.loads(ckpt["metrics"])
         if self.step > self.cfg.steps:
             raise ValueError(f"checkpoint {path} is at step {self.step}, beyond steps={self.cfg.steps}")
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "splat-ckpt-1":
-        raise ValueError(f"{path} is not a splat checkpoint")
-    return ckpt
 
 
 # ------------------------------------------------------------------------------------------------------

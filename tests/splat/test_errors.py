@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from splat.colmap import SceneError, read_reconstruction
-from splat.trainer import OutputError, train
+from splat.outputs import OutputError
+from splat.trainer import train
 
 from .conftest import small_config
 
