@@ -13,7 +13,9 @@ from PIL import Image
 
 from splat.sfm import PrepareConfig, SfmError, _natural_key, _pairs, prepare
 
-SCENES = Path(__file__).resolve().parents[2].parent / "shared" / "scenes"
+from .conftest import SHARED_SCENES
+
+SCENES = SHARED_SCENES
 needs_cup = pytest.mark.skipif(
     not (SCENES / "cup" / "sparse" / "0").is_dir(), reason="../shared/scenes/cup missing"
 )
