@@ -505,7 +505,7 @@ def _fingerprint(model_dir: Path, image_dir: Path) -> str:
 
 
 @contextlib.contextmanager
-def _stderr_to(path: Path) -> Iterator[None]:
+def stderr_to(path: Path) -> Iterator[None]:
     """Send everything written to file descriptor 2 (COLMAP's glog lines) to ``path`` meanwhile."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -580,7 +580,7 @@ def undistort_to_cache(model_dir: Path, image_dir: Path, cache_root: Path) -> Pa
             source = tmp / "input"
             source.mkdir()
             rec.write_binary(str(source))
-        with _stderr_to(logfile):
+        with stderr_to(logfile):
             pycolmap.undistort_images(output_path=str(tmp), input_path=str(source), image_path=str(image_dir))
         atomic_write_text(tmp / "source.json", json.dumps({"fingerprint": fp, "source": str(model_dir)}))
         if target.exists() or target.is_symlink():
