@@ -15,8 +15,9 @@ Cameras are per image. PINHOLE and SIMPLE_PINHOLE models are used as they are. E
 undistorter handles (SIMPLE_RADIAL, RADIAL, OPENCV, FULL_OPENCV, OPENCV_FISHEYE, FOV, SIMPLE_RADIAL_FISHEYE,
 RADIAL_FISHEYE, THIN_PRISM_FISHEYE, RAD_TAN_THIN_PRISM_FISHEYE, SIMPLE_DIVISION, DIVISION, EUCM) is
 undistorted once with ``pycolmap.undistort_images`` into ``CACHE/undistorted`` (rebuilt when the model
-files change). FISHEYE and SIMPLE_FISHEYE (equidistant, which the undistorter passes through unchanged)
-are first rewritten as the identical OPENCV_FISHEYE camera with zero distortion. EQUIRECTANGULAR
+files change). FISHEYE and SIMPLE_FISHEYE, and any fisheye camera whose distortion parameters are all
+(near) zero, which the undistorter passes through unchanged although they are not pinhole, are first
+rewritten as the same OPENCV_FISHEYE projection. EQUIRECTANGULAR
 (360-degree panoramas) is refused: no pinhole camera covers it.
 
 Caches never go into the scene folder. ``CACHE`` is the ``cache_dir`` argument (the trainer passes
@@ -57,8 +58,8 @@ from PIL import Image, ImageOps
 from safeio import OwnershipError, WriteError, atomic_write_text, make_owned_dir, remove_owned_dir
 
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
-# equidistant fisheye models that COLMAP's undistorter leaves as they are; OPENCV_FISHEYE with k1..k4 = 0
-# is the same projection, and that one the undistorter converts to a pinhole camera
+# equidistant fisheye models without distortion parameters, which COLMAP's undistorter leaves as they are;
+# they are rewritten as the same OPENCV_FISHEYE projection first (see _equidistant_as_opencv_fisheye)
 EQUIDISTANT_MODELS = ("SIMPLE_FISHEYE", "FISHEYE")
 REFUSED_MODELS = ("EQUIRECTANGULAR",)
 MODEL_FILES = ("cameras", "images", "points3D")
@@ -530,23 +531,37 @@ def _tail(path: Path, lines: int = 3) -> str:
 
 
 def _equidistant_as_opencv_fisheye(rec) -> bool:
-    """Rewrite FISHEYE / SIMPLE_FISHEYE cameras as the same OPENCV_FISHEYE camera (k1..k4 = 0)."""
+    """Rewrite the fisheye cameras that COLMAP's undistorter would pass through unchanged as the same
+    projection in a model it converts to pinhole.
+
+    The undistorter skips every camera whose distortion parameters are all below 1e-8
+    (``Camera::IsUndistorted``); for a fisheye model that is still the equidistant projection, not a
+    pinhole one. FISHEYE and SIMPLE_FISHEYE have no distortion parameters at all. Each such camera becomes
+    OPENCV_FISHEYE with the same focal lengths and centre and k1 = 2e-8 (k2..k4 = 0): the projection moves
+    by at most f * theta^3 * 2e-8 pixels, under 1e-5 px for any real lens."""
     import pycolmap
 
     changed = False
     for camera_id, cam in list(rec.cameras.items()):
-        if cam.model.name not in EQUIDISTANT_MODELS:
-            continue
+        name = cam.model.name
+        extra = [i for i, n in enumerate(_param_names(cam)) if n not in ("f", "fx", "fy", "cx", "cy")]
         p = np.asarray(cam.params, dtype=np.float64)
-        fx, fy = (p[0], p[0]) if cam.model.name == "SIMPLE_FISHEYE" else (p[0], p[1])
-        cx, cy = p[-2], p[-1]
+        if name not in EQUIDISTANT_MODELS and not ("FISHEYE" in name and np.all(np.abs(p[extra]) <= 1e-8)):
+            continue
+        names = _param_names(cam)
+        f = {n: p[i] for i, n in enumerate(names)}
+        fx, fy = (f["f"], f["f"]) if "f" in f else (f["fx"], f["fy"])
         new = pycolmap.Camera.create_from_model_id(
             camera_id, pycolmap.CameraModelId.OPENCV_FISHEYE, 1.0, cam.width, cam.height
         )
-        new.params = [fx, fy, cx, cy, 0.0, 0.0, 0.0, 0.0]
+        new.params = [fx, fy, f["cx"], f["cy"], 2e-8, 0.0, 0.0, 0.0]
         rec.cameras[camera_id] = new
         changed = True
     return changed
+
+
+def _param_names(camera) -> list[str]:
+    return [n.strip() for n in camera.params_info.split(",")]
 
 
 def undistort_to_cache(model_dir: Path, image_dir: Path, cache_root: Path) -> Path:
