@@ -662,6 +662,20 @@ def _finite_points(rec, model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return points, colors
 
 
+def check_scene_folder(scene: Path, images: str = "images") -> None:
+    """The scene folder exists and is not its own images folder (a common slip: `splat train SCENE/images`)."""
+    scene = Path(scene)
+    if not scene.exists():
+        raise SceneError(f"scene folder {scene} does not exist")
+    if not scene.is_dir():
+        raise SceneError(f"scene {scene} is not a folder; pass the folder that holds {images}/ and sparse/")
+    if scene.name == images and not (scene / images).is_dir() and list_images(scene):
+        raise SceneError(
+            f"{scene} is an images folder; pass the scene folder that holds it ({scene.parent}), "
+            f"not the photos themselves"
+        )
+
+
 def load_scene(scene: str | Path, images: str = "images", cache_dir: str | Path | None = None) -> SceneModel:
     """Read ``scene`` into pinhole views (undistorting when needed) and SfM points; validate everything.
 
@@ -672,10 +686,7 @@ def load_scene(scene: str | Path, images: str = "images", cache_dir: str | Path 
             :func:`default_cache_dir` of the scene. Never inside the scene.
     """
     scene = Path(scene)
-    if not scene.exists():
-        raise SceneError(f"scene folder {scene} does not exist")
-    if not scene.is_dir():
-        raise SceneError(f"scene {scene} is not a folder; pass the folder that holds images/ and sparse/")
+    check_scene_folder(scene, images)
     image_dir = scene / images
     if not image_dir.is_dir():
         raise SceneError(f"scene {scene} has no images folder ({image_dir} is missing)")

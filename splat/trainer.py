@@ -28,7 +28,7 @@ from torch import Tensor
 
 from safeio import atomic_write_bytes
 from splat.checkpoint import read_checkpoint
-from splat.colmap import SceneError, SceneModel, find_model_dir, load_scene
+from splat.colmap import SceneError, SceneModel, check_scene_folder, find_model_dir, load_scene
 from splat.config import PRESETS, TrainConfig, apply_overrides, config_to_dict, load_scene_overrides
 from splat.data import ViewDataset, camera_extent, split_indices
 from splat.metrics import _load_lpips, psnr, ssim
@@ -103,10 +103,7 @@ def init_gaussians(points: np.ndarray, colors: np.ndarray, cfg: TrainConfig) -> 
 
 def ensure_model(scene: Path) -> None:
     """Run SfM (``splat.sfm.prepare``) when the scene has images but no COLMAP model yet."""
-    if not scene.is_dir():
-        raise SceneError(
-            f"scene folder {scene} does not exist" if not scene.exists() else f"scene {scene} is not a folder"
-        )
+    check_scene_folder(scene)
     if find_model_dir(scene) is not None:
         return
     if not (scene / "images").is_dir():
