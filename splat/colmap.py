@@ -371,14 +371,14 @@ def check_model_files(model_dir: Path) -> str:
             if missing:
                 raise SceneError(
                     f"COLMAP model in {model_dir} is incomplete: missing {', '.join(missing)}. Export the whole "
-                    "model again (or delete the folder and rerun SfM with `splat prepare SCENE --overwrite`)"
+                    "model again, or rerun SfM with `splat prepare SCENE --overwrite`"
                 )
             break
     else:
         contents = "it is empty" if not any(model_dir.iterdir()) else "it holds no model files"
         raise SceneError(
             f"no COLMAP model (cameras/images/points3D .bin or .txt) in {model_dir}: {contents}. Put the model "
-            f"there, or delete the folder and run SfM with `splat prepare SCENE --overwrite`"
+            "there, or run SfM with `splat prepare SCENE --overwrite` (or delete the empty folder)"
         )
     if ext == ".bin":
         for name, walk in _BINARY_WALKERS.items():
