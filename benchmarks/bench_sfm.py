@@ -1,16 +1,19 @@
 """SfM benchmark: `splat.sfm.prepare` on the photos (only) of the shared real scenes.
 
-    python benchmarks/bench_sfm.py                 # cup and beercan, default PrepareConfig
-    python benchmarks/bench_sfm.py --scenes cup --max-size 400
+    python benchmarks/bench_sfm.py                 # cup and beercan: exhaustive vs the automatic choice
+    python benchmarks/bench_sfm.py --scenes cup --max-size 400 --matchers auto
 
 For each scene the images are copied (downscaled to `--max-size` on the long side when larger) into a
-temporary folder and SfM runs from scratch with a cold cache. Reported: wall time per stage, images
-registered / total, points, mean reprojection error, and the camera centres' error against the scene's
-shipped COLMAP model after a similarity alignment (in % of the extent of the shipped camera centres).
+temporary folder and SfM runs from scratch with a cold cache, once per matcher, in the same process (so
+the times compare on the same machine load). Reported: the matcher (after resolving auto), pairs matched,
+wall time per stage, images registered / total, points, mean reprojection error, and the camera centres'
+error against the scene's shipped COLMAP model after a similarity alignment (in % of the extent of the
+shipped camera centres).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -26,13 +29,24 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from splat.sfm import PrepareConfig, prepare  # noqa: E402
 
-SCENES = Path(__file__).resolve().parents[1].parent / "shared" / "scenes"
+_REPO = Path(__file__).resolve().parents[1]
+# ../shared/scenes beside the checkout (two levels up from a worktree under ../wt/NAME)
+SCENES = next(
+    (
+        p
+        for p in (_REPO.parent / "shared" / "scenes", _REPO.parent.parent / "shared" / "scenes")
+        if p.is_dir()
+    ),
+    _REPO.parent / "shared" / "scenes",
+)
 
 
 @dataclass
 class Args:
     scenes: tuple[str, ...] = ("cup", "beercan")
     """Scenes under ../shared/scenes to run."""
+    matchers: tuple[str, ...] = ("exhaustive", "auto")
+    """Matchers to compare on each scene (each run from a cold cache)."""
     max_size: int = 1600
     """Copies larger than this on their long side are downscaled (the shared photos are all smaller)."""
     sfm: PrepareConfig = field(default_factory=lambda: PrepareConfig(progress=False))
@@ -67,28 +81,44 @@ def main(args: Args) -> None:
         f"# SfM benchmark: pycolmap {pycolmap.__version__}, CUDA {pycolmap.has_cuda}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     )
     print(
-        "| scene | images | size | registered | points | reproj. px | read s | extract s | match s | map s | total s | centre err. median / max % |"
+        "| scene | matcher | pairs | images | size | registered | points | reproj. px | read s | extract s | match s | map s | total s | centre err. median / max % |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.scenes:
         with tempfile.TemporaryDirectory() as tmp:
             scene = Path(tmp) / name
             copy_images(SCENES / name / "images", scene / "images", args.max_size)
             size = "x".join(map(str, Image.open(next((scene / "images").iterdir())).size))
-            s = prepare(scene, args.sfm)
-            rec = pycolmap.Reconstruction(scene / "sparse" / "0")
-            median, worst = centre_error(rec, pycolmap.Reconstruction(SCENES / name / "sparse" / "0"))
-        t = s.seconds
-        print(
-            f"| {name} | {s.num_images} | {size} | {s.num_registered}/{s.num_images} "
-            f"({s.num_registered / s.num_images:.0%}) | {s.num_points} | {s.mean_reprojection_error:.2f} | "
-            f"{t['read']:.1f} | {t['extract']:.1f} | {t['match']:.1f} | {t['map']:.1f} | {sum(t.values()):.1f} | "
-            f"{median:.2f} / {worst:.2f} |",
-            flush=True,
-        )
+            for matcher in args.matchers:
+                cfg = dataclasses.replace(
+                    args.sfm, matcher=matcher, overwrite=True, cache_dir=Path(tmp) / f"cache-{matcher}"
+                )
+                s = prepare(scene, cfg)
+                rec = pycolmap.Reconstruction(scene / "sparse" / "0")
+                median, worst = centre_error(rec, pycolmap.Reconstruction(SCENES / name / "sparse" / "0"))
+                report(
+                    name,
+                    f"{matcher} -> {s.matcher}" if matcher == "auto" else matcher,
+                    size,
+                    s,
+                    median,
+                    worst,
+                )
     print(
-        f"matcher {args.sfm.matcher}, camera mode {args.sfm.camera_mode}, model {args.sfm.camera_model}, "
-        f"max_image_size {args.sfm.max_image_size}, num_threads {args.sfm.num_threads}"
+        f"camera mode {args.sfm.camera_mode}, model {args.sfm.camera_model}, max_image_size "
+        f"{args.sfm.max_image_size}, exhaustive_max_images {args.sfm.exhaustive_max_images}, "
+        f"retrieval_num_images {args.sfm.retrieval_num_images}, num_threads {args.sfm.num_threads}"
+    )
+
+
+def report(name: str, matcher: str, size: str, s, median: float, worst: float) -> None:
+    t = s.seconds
+    print(
+        f"| {name} | {matcher} | {s.num_pairs} | {s.num_images} | {size} | {s.num_registered}/{s.num_images} "
+        f"({s.num_registered / s.num_images:.0%}) | {s.num_points} | {s.mean_reprojection_error:.2f} | "
+        f"{t['read']:.1f} | {t['extract']:.1f} | {t['match']:.1f} | {t['map']:.1f} | {sum(t.values()):.1f} | "
+        f"{median:.2f} / {worst:.2f} |",
+        flush=True,
     )
 
 

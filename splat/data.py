@@ -3,12 +3,16 @@
 Sizes: an image of width ``w`` is divided by ``downscale``; if it is then still wider than ``max_width``
 (1600 by default, the original's rule) it is scaled down to exactly ``max_width``. Each image keeps its
 own size and intrinsics, so mixed sizes and portrait/landscape orientations are fine.
+Decoding: :meth:`ViewDataset.preload` decodes every image once, in a thread pool, before training starts,
+so a broken file (e.g. a JPEG with a cut body) fails up front as a :class:`SceneError` naming it.
 Split: with ``test_every = k > 0`` every k-th view (sorted by name, starting at 0) is held out, as the
 original's ``llffhold = 8``; ``test_every = 0`` trains on everything.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +20,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from splat.colmap import SceneModel, View
+from splat.colmap import SceneError, SceneModel, View
 
 
 @dataclass
@@ -69,17 +73,36 @@ class ViewDataset:
         K[1] *= h / v.height
         return K
 
-    def _image(self, i: int) -> Tensor:
-        if i not in self._cache:
-            v = self.views[i]
+    def _decode(self, i: int) -> Tensor:
+        """Read, orient, convert and resize view ``i`` -> [H, W, 3] uint8; a broken file is a SceneError."""
+        v = self.views[i]
+        try:
             with Image.open(v.image_path) as im:
                 im = ImageOps.exif_transpose(im) if v.exif_transpose else im
-                im = im.convert("RGB")
+                im = im.convert("RGB")  # decodes the whole file: a cut body fails here
                 size = self.size(i)
                 if im.size != size:
                     im = im.resize(size, Image.Resampling.LANCZOS)
-                self._cache[i] = torch.from_numpy(np.asarray(im).copy())  # [H, W, 3] uint8
+                return torch.from_numpy(np.asarray(im).copy())  # [H, W, 3] uint8
+        except FileNotFoundError:
+            raise SceneError(f"image {v.image_path} disappeared after the scene was loaded") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # what PIL raises
+            raise SceneError(f"cannot decode image {v.image_path} (truncated or corrupt?): {e}") from e
+
+    def _image(self, i: int) -> Tensor:
+        if i not in self._cache:
+            self._cache[i] = self._decode(i)
         return self._cache[i]
+
+    def preload(self, num_threads: int | None = None) -> None:
+        """Decode every image not decoded yet, in parallel; the first broken file raises a SceneError."""
+        todo = [i for i in range(len(self.views)) if i not in self._cache]
+        if not todo:
+            return
+        workers = num_threads or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL releases the GIL while decoding
+            for i, image in zip(todo, pool.map(self._decode, todo), strict=True):
+                self._cache[i] = image
 
     def __getitem__(self, i: int) -> Frame:
         v = self.views[i]

@@ -4,9 +4,17 @@
 
     SCENE/images/*.jpg  ->  SIFT features  ->  matching  ->  incremental mapping  ->  SCENE/sparse/0/*.bin
 
-The database and other intermediate files live in a cache folder (`SCENE/.splat_cache/` unless told
-otherwise) that a rerun reuses: features of unchanged images are not extracted again and image pairs that
-were already matched are not matched again. The model is written as COLMAP returns it (distorted camera
+The database and other intermediate files live in a cache folder outside the scene (`cache_dir`, by
+default `splat.colmap.default_cache_dir(SCENE)/sfm`: `$SPLAT_CACHE_DIR/scenes/NAME-HASH/sfm` or
+`~/.cache/splat/scenes/NAME-HASH/sfm`) that a rerun reuses: features of unchanged images are not extracted
+again and image pairs that were already matched are not matched again.
+
+Matching scales with the number of images: `matcher="auto"` matches every pair of a small set
+(`exhaustive_max_images`), and above that uses `retrieval`: each image is matched with its neighbours in
+file-name order (the sequential pairs, for captures taken in order) and with the images that look most like
+it according to a visual index (a vocabulary tree) trained on the scene's own SIFT descriptors, since
+pycolmap ships no vocabulary tree and none can be downloaded offline. The pairs grow linearly with the
+images instead of quadratically, and retrieval closes loops and connects unordered photos. The model is written as COLMAP returns it (distorted camera
 models included); undistortion is the trainer's job (`splat/colmap.py`).
 
 Example:
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -32,9 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pycolmap
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
+
+from safeio import OwnershipError, atomic_path, atomic_write_text, make_owned_dir, remove_owned_dir
+from splat.colmap import CACHE_OWNER, default_cache_dir, stderr_to
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 # EXIF tag numbers (PIL.ExifTags.Base): orientation, and what tells two cameras apart.
@@ -51,10 +64,12 @@ class SfmError(ValueError):
 class PrepareConfig:
     """How `splat prepare` turns `SCENE/images` into the COLMAP model `SCENE/sparse/0`."""
 
-    matcher: Literal["auto", "exhaustive", "sequential"] = "auto"
-    """Which image pairs to match. exhaustive: every pair (best for unordered photos, quadratic cost); sequential: each image with its neighbours in file-name order (video frames); auto: exhaustive up to `exhaustive_max_images` images, sequential above."""
-    exhaustive_max_images: int = 100
-    """With matcher=auto, the largest image count matched exhaustively."""
+    matcher: Literal["auto", "exhaustive", "sequential", "retrieval"] = "auto"
+    """Which image pairs to match. exhaustive: every pair (best for few unordered photos, quadratic cost); sequential: each image with its neighbours in file-name order (video frames); retrieval: the sequential pairs plus each image's `retrieval_num_images` most similar images by a vocabulary tree trained on the scene (linear cost, closes loops); auto: exhaustive up to `exhaustive_max_images` images, retrieval above."""
+    exhaustive_max_images: int = 30
+    """With matcher=auto, the largest image count matched exhaustively (30 images = 435 pairs)."""
+    retrieval_num_images: int = 15
+    """With matcher=retrieval, how many most similar images each image is matched with."""
     sequential_overlap: int = 10
     """With sequential matching, each image is matched with the next `sequential_overlap` images, plus images 2, 4, 8, ... ahead (COLMAP's quadratic overlap) to close larger gaps."""
     camera_mode: Literal["auto", "single", "per_image"] = "auto"
@@ -70,7 +85,7 @@ class PrepareConfig:
     overwrite: bool = False
     """Replace an existing `SCENE/sparse/0`. Without it an existing model is never touched."""
     cache_dir: Path | None = None
-    """Folder for the database, upright copies of EXIF-rotated photos and mapper output; default `SCENE/.splat_cache`. A rerun reuses it."""
+    """Folder for the database, upright copies of EXIF-rotated photos and mapper output; default `$SPLAT_CACHE_DIR/scenes/NAME-HASH/sfm` (else `~/.cache/splat/...`), never inside the scene. A rerun reuses it."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where SIFT extraction and matching run. auto: the GPU when pycolmap was built with CUDA, else CPU."""
     num_threads: int = -1
@@ -94,7 +109,7 @@ class SfmSummary:
     num_points: int  # 3D points in the model
     mean_reprojection_error: float  # pixels
     num_models: int  # models COLMAP returned; the largest one was kept
-    matcher: str  # "exhaustive" or "sequential", after resolving "auto"
+    matcher: str  # "exhaustive", "sequential" or "retrieval", after resolving "auto"
     camera_mode: str  # "single" or "per_image", after resolving "auto"
     num_extracted: int  # images whose features were extracted in this run (the rest came from the cache)
     num_pairs: int  # image pairs the matcher considered
@@ -104,11 +119,17 @@ class SfmSummary:
 
     def __str__(self) -> str:
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
+        cached = []
+        if self.num_extracted < self.num_images:
+            cached.append(f"features of {self.num_images - self.num_extracted} images")
+        if self.num_pairs_matched < self.num_pairs:
+            cached.append(f"{self.num_pairs - self.num_pairs_matched} pairs")
+        from_cache = f" ({' and '.join(cached)} from the cache)" if cached else ""
         lines = [
             f"SfM: {self.num_registered}/{self.num_images} images registered, {self.num_points} points, "
             f"mean reprojection error {self.mean_reprojection_error:.2f} px",
             f"  matcher {self.matcher}, camera {self.camera_mode}; features extracted for {self.num_extracted} "
-            f"images, {self.num_pairs_matched}/{self.num_pairs} pairs matched (rest from cache)",
+            f"images, {self.num_pairs_matched}/{self.num_pairs} pairs matched{from_cache}",
             f"  time: {stages}",
             f"  model: {self.model_dir}",
         ]
@@ -137,12 +158,17 @@ def prepare(scene: Path, cfg: PrepareConfig) -> SfmSummary:
     seconds: dict[str, float] = {}
 
     # 1. Check inputs
+    _check_scene_folder(scene)
     if model_dir.exists() and not cfg.overwrite:
         raise SfmError(
-            f"{model_dir} already exists; pass overwrite=True (`--overwrite`) to replace it, or train on it as it is."
+            f"{model_dir} already exists; pass --overwrite to replace it (the model there is lost), or train on "
+            "it as it is."
         )
     if not 0.0 <= cfg.min_registered_fraction <= 1.0:
-        raise SfmError(f"min_registered_fraction must be in [0, 1], got {cfg.min_registered_fraction}")
+        raise SfmError(f"--min-registered-fraction must be in [0, 1], got {cfg.min_registered_fraction}")
+    for name in ("exhaustive_max_images", "retrieval_num_images", "sequential_overlap"):
+        if getattr(cfg, name) < 1:
+            raise SfmError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     device = _resolve_device(cfg.device)
     image_dir = scene / "images"
     names = _list_images(scene, image_dir)
@@ -150,8 +176,11 @@ def prepare(scene: Path, cfg: PrepareConfig) -> SfmSummary:
         raise SfmError(
             f"{image_dir} holds {len(names)} image(s); SfM needs at least 3 overlapping photos (20-100 is typical)."
         )
-    cache = Path(cfg.cache_dir) if cfg.cache_dir is not None else scene / ".splat_cache"
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir is not None else default_cache_dir(scene) / "sfm"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SfmError(f"cannot create the SfM cache folder {cache}: {e.strerror or e}") from e
 
     with _colmap_log(cfg.verbose):
         # 2. Read every image once: unreadable files, sizes, EXIF orientation and camera identity
@@ -181,17 +210,20 @@ def prepare(scene: Path, cfg: PrepareConfig) -> SfmSummary:
         fingerprints = {n: infos[n]["fingerprint"] for n in names}
         _invalidate_stale_cache(cache / "manifest.json", database, settings, fingerprints)
         num_extracted = _extract(database, sfm_image_dir, names, camera_mode, cfg, device)
-        (cache / "manifest.json").write_text(
-            json.dumps({"settings": settings, "images": fingerprints}, indent=1)
+        atomic_write_text(
+            cache / "manifest.json", json.dumps({"settings": settings, "images": fingerprints}, indent=1)
         )
         seconds["extract"] = time.perf_counter() - t0
 
-        # 4. Matching: every pair for small unordered sets, neighbours in name order for sequences
+        # 4. Matching: every pair for small sets; neighbours in name order plus retrieved look-alikes above
         t0 = time.perf_counter()
         matcher = cfg.matcher
         if matcher == "auto":
-            matcher = "exhaustive" if len(names) <= cfg.exhaustive_max_images else "sequential"
-        pairs = _pairs(sorted(names, key=_natural_key), matcher, cfg.sequential_overlap)
+            matcher = "exhaustive" if len(names) <= cfg.exhaustive_max_images else "retrieval"
+        ordered = sorted(names, key=_natural_key)
+        pairs = _pairs(ordered, matcher, cfg.sequential_overlap)
+        if matcher == "retrieval":
+            pairs = _merge_pairs(pairs, _retrieved_pairs(database, cache, ordered, cfg))
         num_pairs_matched = _match(database, cache / "pairs.txt", pairs, cfg, device)
         seconds["match"] = time.perf_counter() - t0
 
@@ -253,6 +285,20 @@ def _resolve_device(device: str) -> pycolmap.Device:
     return pycolmap.Device.cpu
 
 
+def _check_scene_folder(scene: Path) -> None:
+    """The scene must exist and be the folder holding images/, not images/ itself."""
+    if not scene.exists():
+        raise SfmError(f"scene folder {scene} does not exist")
+    if not scene.is_dir():
+        raise SfmError(f"{scene} is not a folder; pass the scene folder that holds images/")
+    if scene.name == "images" and not (scene / "images").is_dir():
+        if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in scene.iterdir()):
+            raise SfmError(
+                f"{scene} is an images folder; pass the scene folder that holds it ({scene.parent}), "
+                f"e.g. `splat prepare {scene.parent}`"
+            )
+
+
 def _list_images(scene: Path, image_dir: Path) -> list[str]:
     """Names of the photos directly in `image_dir` (sub-folders are not searched)."""
     if not image_dir.is_dir():
@@ -306,7 +352,8 @@ def _upright_copies(image_dir: Path, out_dir: Path, infos: dict[str, dict], prog
         with Image.open(src) as im:
             upright = ImageOps.exif_transpose(im)
             kwargs = {"quality": 95} if dst.suffix.lower() in (".jpg", ".jpeg") else {}
-            upright.save(dst, **kwargs)
+            with atomic_path(dst) as tmp:
+                upright.save(tmp, format=Image.registered_extensions()[dst.suffix.lower()], **kwargs)
     return out_dir
 
 
@@ -369,11 +416,69 @@ def _extract(
 
 
 def _pairs(names: list[str], matcher: str, overlap: int) -> list[tuple[str, str]]:
-    """Image pairs to match; `names` in capture order for sequential matching."""
+    """Image pairs to match; `names` in capture order for sequential matching (and the sequential part of
+    retrieval, whose retrieved pairs are added by `_retrieved_pairs`)."""
     if matcher == "exhaustive":
         return list(itertools.combinations(names, 2))
     offsets = sorted(set(range(1, overlap + 1)) | {2**k for k in range(overlap)})
     return [(names[i], names[i + d]) for i in range(len(names)) for d in offsets if i + d < len(names)]
+
+
+def _merge_pairs(a: list[tuple[str, str]], b: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The union of two pair lists, each unordered pair once, in first-seen order."""
+    seen, out = set(), []
+    for x, y in itertools.chain(a, b):
+        key = (x, y) if x < y else (y, x)
+        if x != y and key not in seen:
+            seen.add(key)
+            out.append((x, y))
+    return out
+
+
+def _retrieved_pairs(
+    database: Path, cache: Path, names: list[str], cfg: PrepareConfig
+) -> list[tuple[str, str]]:
+    """Each image with its `cfg.retrieval_num_images` most similar images by a vocabulary tree.
+
+    pycolmap ships no vocabulary tree (COLMAP downloads one, which cannot happen offline), so one is
+    trained here with pycolmap's `VisualIndex` on a sample of the scene's own SIFT descriptors (about 40
+    per visual word, as faiss's k-means wants) and written to the cache; COLMAP's vocabulary-tree pair
+    generator then queries every image against it."""
+    db = pycolmap.Database.open(database)
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        descriptors = [np.asarray(db.read_descriptors(ids[n]).data) for n in names]  # each [M_i, 128] uint8
+    finally:
+        db.close()
+    total = sum(len(d) for d in descriptors)
+    words = int(min(4096, max(64, 2 ** round(math.log2(max(total, 1) / 200)))))
+    rng = np.random.default_rng(cfg.seed)
+    stacked = np.concatenate(descriptors)
+    sample = stacked[rng.choice(total, size=min(total, 40 * words), replace=False)].astype(np.float32)
+    index = pycolmap.VisualIndex.create(stacked.shape[1], 64)
+    options = pycolmap.VisualIndex.BuildOptions()
+    options.num_visual_words, options.num_iterations, options.num_rounds = words, 10, 1
+    options.num_threads = cfg.num_threads
+    with stderr_to(cache / "vocab_tree.log"):  # faiss's k-means warnings
+        index.build(
+            options, pycolmap.FeatureDescriptorsFloat(type=pycolmap.FeatureExtractorType.SIFT, data=sample)
+        )
+    tree = cache / "vocab_tree.bin"
+    index.write(tree)
+    pairing = pycolmap.VocabTreePairingOptions()
+    pairing.vocab_tree_path = str(tree)
+    pairing.num_images = cfg.retrieval_num_images + 1  # the query image retrieves itself first
+    pairing.num_threads = cfg.num_threads
+    db = pycolmap.Database.open(database)
+    try:
+        found = pycolmap.VocabTreePairGenerator(pairing, db).all_pairs()
+        by_id = {im.image_id: im.name for im in db.read_all_images()}
+    finally:
+        db.close()
+    wanted = set(names)
+    return [
+        (by_id[a], by_id[b]) for a, b in found if a != b and by_id.get(a) in wanted and by_id.get(b) in wanted
+    ]
 
 
 def _match(database: Path, pairs_file: Path, pairs: list[tuple[str, str]], cfg: PrepareConfig, device) -> int:
@@ -396,7 +501,7 @@ def _match(database: Path, pairs_file: Path, pairs: list[tuple[str, str]], cfg: 
     chunk = max(100, len(pairs) // 20)
     for i in range(0, len(todo), chunk):
         block = todo[i : i + chunk]
-        pairs_file.write_text("".join(f"{a} {b}\n" for a, b in block))
+        atomic_write_text(pairs_file, "".join(f"{a} {b}\n" for a, b in block))
         pycolmap.match_image_pairs(database, matching_options=options, pairing_options=pairing, device=device)
         bar.update(len(block))
     bar.close()
@@ -405,8 +510,11 @@ def _match(database: Path, pairs_file: Path, pairs: list[tuple[str, str]], cfg: 
 
 def _map(database: Path, image_dir: Path, out_dir: Path, num_images: int, cfg: PrepareConfig) -> dict:
     """COLMAP's incremental mapper; returns {index: Reconstruction} (empty when nothing was registered)."""
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
+    try:
+        remove_owned_dir(out_dir, CACHE_OWNER)  # the previous run's output, only if this program made it
+        make_owned_dir(out_dir, CACHE_OWNER)
+    except OwnershipError as e:
+        raise SfmError(f"{e}; choose another --cache-dir") from None
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = cfg.num_threads
     options.random_seed = cfg.seed

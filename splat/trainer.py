@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import Tensor
 
 from safeio import atomic_write_bytes
 from splat.checkpoint import read_checkpoint
-from splat.colmap import SceneError, SceneModel, find_model_dir, load_scene
+from splat.colmap import SceneError, SceneModel, check_scene_folder, find_model_dir, load_scene
 from splat.config import PRESETS, TrainConfig, apply_overrides, config_to_dict, load_scene_overrides
 from splat.data import ViewDataset, camera_extent, split_indices
 from splat.metrics import _load_lpips, psnr, ssim
@@ -104,6 +103,7 @@ def init_gaussians(points: np.ndarray, colors: np.ndarray, cfg: TrainConfig) -> 
 
 def ensure_model(scene: Path) -> None:
     """Run SfM (``splat.sfm.prepare``) when the scene has images but no COLMAP model yet."""
+    check_scene_folder(scene)
     if find_model_dir(scene) is not None:
         return
     if not (scene / "images").is_dir():
@@ -145,15 +145,15 @@ class Trainer:
         if not would_be_writable(self.out):
             raise OutputError(f"output folder {self.out} cannot be written (permission denied)")
         ensure_model(self.scene)
-        cache = cfg.cache_dir
-        if cache is None and not os.access(self.scene, os.W_OK):
-            cache = self.out / ".splat_cache"
+        cache = cfg.cache_dir if cfg.cache_dir is not None else self.out / ".cache"  # never inside the scene
         self.model: SceneModel = load_scene(self.scene, images=cfg.images, cache_dir=cache)
         train_idx, test_idx = split_indices(len(self.model.views), cfg.test_every)
         if not train_idx:
             raise SceneError(f"scene {self.scene} has no training views left after holding out test views")
         self.train_set = ViewDataset([self.model.views[i] for i in train_idx], cfg.downscale, cfg.max_width)
         self.test_set = ViewDataset([self.model.views[i] for i in test_idx], cfg.downscale, cfg.max_width)
+        for ds in (self.train_set, self.test_set):
+            ds.preload()  # decode every image now: a broken file fails before step 1
         self.extent = camera_extent(self.model, train_idx)
 
         # 2. Gaussians, optimizers, densification

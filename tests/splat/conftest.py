@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,12 @@ import torch
 
 torch.set_num_threads(2)
 
-SHARED_SCENES = Path(__file__).resolve().parents[2] / ".." / "shared" / "scenes"
+_REPO = Path(__file__).resolve().parents[2]
+# ../shared/scenes beside the checkout; a worktree under ../wt/NAME finds it two levels up
+SHARED_SCENES = next(
+    (p for p in (_REPO.parent / "shared" / "scenes", _REPO.parent.parent / "shared" / "scenes") if p.is_dir()),
+    _REPO.parent / "shared" / "scenes",
+)
 
 
 def look_at(centre: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> np.ndarray:
@@ -104,6 +110,18 @@ def _rotmat_to_xyzw(R: np.ndarray) -> np.ndarray:
     y = np.copysign(y, R[0, 2] - R[2, 0])
     z = np.copysign(z, R[1, 0] - R[0, 1])
     return np.array([x, y, z, w])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _splat_cache_in_tmp(tmp_path_factory):
+    """Default scene caches (``$SPLAT_CACHE_DIR``) go to a temporary folder, never the user's ~/.cache."""
+    old = os.environ.get("SPLAT_CACHE_DIR")
+    os.environ["SPLAT_CACHE_DIR"] = str(tmp_path_factory.mktemp("splat-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SPLAT_CACHE_DIR", None)
+    else:
+        os.environ["SPLAT_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

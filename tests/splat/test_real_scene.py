@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from splat._torch_impl import covariance_3d, project
-from splat.colmap import load_scene, read_reconstruction
+from splat.colmap import default_cache_dir, load_scene, read_reconstruction
 from splat.data import ViewDataset
 
 from .conftest import SHARED_SCENES, small_config
@@ -79,12 +79,13 @@ def test_initial_point_cloud_looks_like_the_photo(cup, tmp_path):
 
 
 def test_upright_copies_of_exif_rotated_photos_are_loaded(synthetic_scene, tmp_path):
-    """`splat prepare` ran SfM on SCENE/.splat_cache/upright; training must read those pixels too."""
+    """`splat prepare` ran SfM on its cache's upright copies (default_cache_dir(SCENE)/sfm/upright); training
+    must read those pixels too."""
     from PIL import Image
 
     scene = tmp_path / "scene"
     shutil.copytree(synthetic_scene, scene)
-    upright = scene / ".splat_cache" / "upright"
+    upright = default_cache_dir(scene) / "sfm" / "upright"
     shutil.copytree(scene / "images", upright)
     # the raw photos: sideways with an EXIF rotation tag, as a phone writes them
     for path in sorted((scene / "images").iterdir()):
@@ -100,6 +101,6 @@ def test_upright_copies_of_exif_rotated_photos_are_loaded(synthetic_scene, tmp_p
     with Image.open(upright / model.views[0].name) as im:
         np.testing.assert_array_equal(frame.image.mul(255).round().byte().numpy(), np.asarray(im.convert("RGB")))
     # without the cache, the raw files are read (and EXIF-rotated on load)
-    shutil.rmtree(scene / ".splat_cache")
+    shutil.rmtree(upright)
     raw = load_scene(scene)
     assert all(v.image_path.parent == scene / "images" and v.exif_transpose for v in raw.views)

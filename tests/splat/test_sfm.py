@@ -11,9 +11,12 @@ import pycolmap
 import pytest
 from PIL import Image
 
+from splat.colmap import default_cache_dir
 from splat.sfm import PrepareConfig, SfmError, _natural_key, _pairs, prepare
 
-SCENES = Path(__file__).resolve().parents[2].parent / "shared" / "scenes"
+from .conftest import SHARED_SCENES
+
+SCENES = SHARED_SCENES
 needs_cup = pytest.mark.skipif(
     not (SCENES / "cup" / "sparse" / "0").is_dir(), reason="../shared/scenes/cup missing"
 )
@@ -90,6 +93,7 @@ def test_existing_model_is_not_overwritten_and_rerun_reuses_cache(cup_run):
     cfg.overwrite = True
     again = prepare(scene, cfg)
     assert again.num_extracted == 0 and again.num_pairs_matched == 0  # features and matches from the cache
+    assert "(features of 24 images and" in str(again) and "pairs from the cache)" in str(again)
     assert first.num_extracted == 24 and first.num_pairs_matched == first.num_pairs
     assert again.seconds["extract"] + again.seconds["match"] < 0.5 * (
         first.seconds["extract"] + first.seconds["match"]
@@ -197,3 +201,21 @@ def test_splat_train_on_photos_only_runs_sfm_then_trains(tmp_path, capsys):
     assert pycolmap.Reconstruction(scene / "sparse" / "0").num_reg_images() >= 16
     plys = list(out.rglob("*.ply"))
     assert plys and all(p.stat().st_size > 1000 for p in plys), plys
+
+
+@needs_cup
+def test_auto_matcher_scales_with_retrieval_above_the_exhaustive_limit(tmp_path):
+    """Above `exhaustive_max_images`, auto matches the sequential neighbours plus the images a vocabulary tree
+    trained on the scene retrieves: fewer pairs than exhaustive, including pairs far apart in name order,
+    and the set still registers."""
+    names = cup_names(step=3, count=14)
+    scene = photo_scene(tmp_path / "scene", names, size=320)
+    cfg = quiet(exhaustive_max_images=8, sequential_overlap=2, retrieval_num_images=3, camera_mode="single")
+    summary = prepare(scene, cfg)
+    assert summary.matcher == "retrieval", summary
+    sequential = set(_pairs(sorted(names, key=_natural_key), "sequential", 2))
+    assert len(sequential) < summary.num_pairs < 14 * 13 // 2, summary
+    assert (default_cache_dir(scene) / "sfm" / "vocab_tree.bin").is_file()
+    assert summary.num_registered >= 11, summary
+    assert "from the cache" not in str(summary)  # a cold run takes nothing from the cache
+    assert sorted(p.name for p in scene.iterdir()) == ["images", "sparse"]  # no cache inside the scene
