@@ -75,15 +75,24 @@ def expon_lr(step: int, lr_init: float, lr_final: float, max_steps: int) -> floa
     return math.exp(math.log(lr_init) * (1 - t) + math.log(lr_final) * t)
 
 
-def knn_sq_dist(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
-    """Mean squared distance of each point [P, 3] to its k nearest other points -> [P]."""
-    out = []
-    for start in range(0, len(points), chunk):
-        d2 = torch.cdist(points[start : start + chunk], points).square()  # [B, P]
-        kk = min(k + 1, len(points))
-        nearest = d2.topk(kk, dim=1, largest=False).values[:, 1:]  # drop the point itself
-        out.append(nearest.mean(1) if nearest.shape[1] else torch.ones(len(d2)))
-    return torch.cat(out)
+def knn_sq_dist(points: Tensor, k: int = 3) -> Tensor:
+    """Mean squared distance of each point [P, 3] to its k nearest other points -> [P] (float32).
+
+    A KD-tree (``scipy.spatial.cKDTree``): O(P log P), about a second for 200k points, where the
+    all-pairs distances it replaces took 50 s at 40k. Duplicated points count as neighbours at distance 0,
+    as in the brute-force definition; with fewer than ``k + 1`` points the available neighbours are used,
+    and a lone point gets 1.
+    """
+    from scipy.spatial import cKDTree
+
+    pts = points.detach().cpu().double().numpy()  # [P, 3]
+    n = len(pts)
+    kk = min(k, n - 1)
+    if kk <= 0:
+        return torch.ones(n, dtype=torch.float32, device=points.device)
+    dist, _ = cKDTree(pts).query(pts, k=kk + 1)  # [P, kk + 1], column 0 is the point itself
+    d2 = np.square(dist[:, 1:]).mean(1)  # [P]
+    return torch.from_numpy(d2).float().to(points.device)
 
 
 def init_gaussians(points: np.ndarray, colors: np.ndarray, cfg: TrainConfig) -> torch.nn.ParameterDict:
