@@ -90,7 +90,7 @@ def knn_sq_dist(points: Tensor, k: int = 3) -> Tensor:
     kk = min(k, n - 1)
     if kk <= 0:
         return torch.ones(n, dtype=torch.float32, device=points.device)
-    dist, _ = cKDTree(pts).query(pts, k=kk + 1)  # [P, kk + 1], column 0 is the point itself
+    dist, _ = cKDTree(pts).query(pts, k=kk + 1, workers=-1)  # [P, kk + 1], column 0 is the point itself
     d2 = np.square(dist[:, 1:]).mean(1)  # [P]
     return torch.from_numpy(d2).float().to(points.device)
 

