@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 
+import pytest
 import torch
 
 from splat.trainer import Trainer, train
@@ -135,3 +139,129 @@ def test_knn_equals_brute_force_and_scales():
     for i in sub.tolist():
         ref = (big - big[i]).double().square().sum(1).topk(4, largest=False).values[1:].mean()
         torch.testing.assert_close(d2[i].double(), ref, rtol=1e-5, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------
+# divergence and Ctrl-C
+# ------------------------------------------------------------------------------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def _demo_copy(tmp_path):
+    import shutil
+
+    scene = tmp_path / "demo"
+    shutil.copytree(REPO / "assets" / "demo", scene)  # caches land in the copy, not in the repository
+    return scene
+
+
+def _all_plys_finite(out) -> int:
+    from splat.ply import read_ply
+
+    plys = list(out.rglob("*.ply"))
+    for ply in plys:
+        for name, v in read_ply(ply).items():
+            assert torch.isfinite(torch.as_tensor(v)).all(), (ply, name)
+    return len(plys)
+
+
+def test_nan_injection_stops_with_message_and_keeps_last_good_checkpoint(synthetic_scene, tmp_path):
+    from splat.checkpoint import read_checkpoint
+    from splat.params import set_lr
+    from splat.trainer import TrainingDiverged
+
+    cfg = small_config(tmp_path / "o", steps=4, ckpt_every=2, eval_steps=(), save_steps=(), reset_every=0)
+    trainer = Trainer(synthetic_scene, cfg)
+    trainer.train()  # steps 1-4 are healthy: checkpoints at 2 and 4, a PLY at 4
+    good = tmp_path / "o" / "ckpts" / "ckpt_000004.pt"
+    good_bytes = good.read_bytes()
+    trainer.cfg = dataclasses.replace(cfg, steps=40, save_steps=(6, 8, 10))
+    set_lr(trainer.optimizers, "scales", 1e6)  # the injected fault: log-scales jump by ~1e6
+    with pytest.raises(TrainingDiverged) as e:
+        trainer._loop()
+    msg = str(e.value)
+    assert e.value.what == "scales" and e.value.step == 5, msg
+    assert "scales became non-finite at step 5" in msg and "--scales-lr" in msg, msg
+    assert e.value.checkpoint == good and str(good) in msg
+    # nothing written after the fault: no checkpoint or PLY of step 6 and later; the good one untouched
+    assert sorted(p.name for p in (tmp_path / "o" / "ckpts").iterdir()) == ["ckpt_000002.pt", "ckpt_000004.pt"]
+    assert good.read_bytes() == good_bytes
+    ckpt = read_checkpoint(good)
+    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["params"].values())
+    assert _all_plys_finite(tmp_path / "o") == 1
+
+
+def test_non_finite_sfm_points_are_refused(tmp_path):
+    import numpy as np
+
+    from splat.colmap import SceneError
+    from splat.trainer import init_gaussians
+
+    pts = np.zeros((4, 3))
+    pts[2, 1] = np.nan
+    cols = np.full((4, 3), 128, dtype=np.uint8)
+    with pytest.raises(SceneError, match=r"1 of 4 SfM points have non-finite .*indices \[2\]"):
+        init_gaussians(pts, cols, small_config(tmp_path))
+    pts[2, 1] = 1e300  # finite in float64, infinite as float32
+    with pytest.raises(SceneError, match="float32"):
+        init_gaussians(pts, cols, small_config(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "flag, value, culprit",
+    [("--scales-lr", "1e6", "scales became non-finite"), ("--means-lr", "1e4", "no Gaussian is in front")],
+)
+def test_cli_divergence_exits_with_message(tmp_path, flag, value, culprit):
+    scene = _demo_copy(tmp_path)
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [sys.executable, "-m", "splat.cli", "train", str(scene), "--out", str(out), "--steps", "20",
+         "--max-width", "32", "--device", "cpu", "--no-progress", "--no-lpips", flag, value],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "training diverged" in proc.stderr and culprit in proc.stderr and f"lower {flag}" in proc.stderr
+    assert _all_plys_finite(out) == 0 and not list(out.rglob("ckpt_*.pt"))
+
+
+def test_ctrl_c_writes_checkpoint_prints_resume_command_and_exits_130(tmp_path):
+    import re
+    import signal
+    import threading
+    import time
+
+    from splat.checkpoint import read_checkpoint
+
+    scene = _demo_copy(tmp_path)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splat.cli", "train", str(scene), "--out", str(out), "--steps", "100000",
+         "--max-width", "32", "--device", "cpu", "--no-lpips"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 240
+    try:
+        while not re.search(r"\b([1-9]\d*)/100000", "".join(err)):  # the progress bar shows a finished step
+            assert proc.poll() is None, "".join(err)
+            assert time.monotonic() < deadline, "no training step within 240 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=120)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    reader.join(timeout=10)
+    stderr = "".join(err)
+    assert rc == 130, stderr
+    assert "Traceback" not in stderr
+    m = re.search(r"interrupted at step (\d+); wrote (\S+)\nresume with: (.+)", stderr)
+    assert m, stderr
+    step, ckpt_path, command = int(m.group(1)), m.group(2), m.group(3)
+    assert step >= 1
+    assert command.startswith("splat train ") and f"--resume {ckpt_path}" in command and str(out) in command
+    ckpt = read_checkpoint(ckpt_path)
+    assert ckpt["step"] == step and all(torch.isfinite(v).all() for v in ckpt["params"].values())
+    assert not list(out.rglob("*.tmp"))
