@@ -265,3 +265,82 @@ def test_ctrl_c_writes_checkpoint_prints_resume_command_and_exits_130(tmp_path):
     ckpt = read_checkpoint(ckpt_path)
     assert ckpt["step"] == step and all(torch.isfinite(v).all() for v in ckpt["params"].values())
     assert not list(out.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------------------
+# gsplat version: who resets opacities
+# ------------------------------------------------------------------------------------------------------
+def test_gsplat_reset_decision_per_version():
+    from splat._gsplat import gsplat_resets_opacity
+
+    # read from gsplat's strategy/default.py at each tag (see splat/_gsplat.py)
+    versions = {"1.4.0": True, "1.5.0": True, "1.5.2": True, "1.5.3": False, "1.5.3+pt24cu124": False,
+                "v1.5.3": False, "1.6.0": True, "1.6.0.dev0": True, "2.0": True}  # fmt: skip
+    assert {v: gsplat_resets_opacity(v) for v in versions} == versions
+    with pytest.raises(ValueError, match="cannot read gsplat version"):
+        gsplat_resets_opacity("unknown")
+
+
+def _count_resets(synthetic_scene, tmp_path, monkeypatch, **kw) -> list[int]:
+    """Run 9 steps with reset_every=3 and return the step of every opacity-reset call (gsplat's or ours)."""
+    import gsplat.strategy.default as gs_default
+    import gsplat.strategy.ops as gs_ops
+
+    from splat.strategy import Densifier
+
+    calls: list[int] = []
+    current = {"step": 0}
+    real_reset, real_post = gs_ops.reset_opa, Densifier.step_post_backward
+
+    def counting_reset(*a, **k):
+        calls.append(current["step"])
+        return real_reset(*a, **k)
+
+    def post(self, params, optimizers, step, info, lr_means):
+        current["step"] = step
+        return real_post(self, params, optimizers, step, info, lr_means)
+
+    monkeypatch.setattr(gs_default, "reset_opa", counting_reset)  # gsplat's DefaultStrategy calls this
+    monkeypatch.setattr(gs_ops, "reset_opa", counting_reset)  # splat._gsplat.strategy_ops() hands out this
+    monkeypatch.setattr(Densifier, "step_post_backward", post)
+    cfg = small_config(tmp_path / "o", steps=9, reset_every=3, refine_start=100, refine_stop=8, eval_steps=(),
+                       save_steps=(), **kw)  # fmt: skip
+    trainer = Trainer(synthetic_scene, cfg)
+    trainer.train()
+    return calls
+
+
+def test_opacity_reset_fires_once_per_period_under_installed_gsplat(synthetic_scene, tmp_path, monkeypatch):
+    assert _count_resets(synthetic_scene, tmp_path, monkeypatch) == [3, 6]  # 9 >= refine_stop: none
+
+
+def test_wrong_version_decision_would_reset_twice_or_never(synthetic_scene, tmp_path, monkeypatch):
+    import splat._gsplat as compat
+
+    real = compat.gsplat_resets_opacity(compat.installed_version())
+    monkeypatch.setattr(compat, "gsplat_resets_opacity", lambda v: not real)
+    calls = _count_resets(synthetic_scene, tmp_path, monkeypatch)
+    assert calls == ([] if real is False else [3, 3, 6, 6]), calls
+
+
+def test_reset_value_gsplat_cannot_honour_is_refused(monkeypatch):
+    import splat._gsplat as compat
+    from splat.strategy import Densifier
+
+    monkeypatch.setattr(compat, "gsplat_resets_opacity", lambda v: True)
+    with pytest.raises(ValueError, match=r"reset_value=0.05 cannot be honoured .* 2 x prune_opa = 0.01"):
+        Densifier(reset_value=0.05, prune_opa=0.005)
+    assert not Densifier(reset_value=0.01, prune_opa=0.005).should_reset_opacity(3000)  # gsplat's reset only
+    assert Densifier(reset_value=0.004, prune_opa=0.005).should_reset_opacity(3000)  # a further clamp
+    monkeypatch.setattr(compat, "gsplat_resets_opacity", lambda v: False)
+    assert Densifier(reset_value=0.05, prune_opa=0.005).should_reset_opacity(3000)
+
+
+def test_missing_private_gsplat_helper_is_a_clear_error(monkeypatch):
+    import gsplat.strategy.ops as gs_ops
+
+    from splat._gsplat import GsplatIncompatible, strategy_ops
+
+    monkeypatch.delattr(gs_ops, "_multinomial_sample")
+    with pytest.raises(GsplatIncompatible, match=r"no longer provides gsplat.strategy.ops._multinomial_sample"):
+        strategy_ops()
