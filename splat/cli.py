@@ -26,6 +26,9 @@ from splat.sfm import PrepareConfig
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
+EXIT_DIVERGED = 3  # training stopped on a non-finite loss or parameter (last good checkpoint kept)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
 
 @dataclass
 class TrainCommand:
@@ -138,11 +141,22 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"splat: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    from splat.trainer import TrainingDiverged, TrainingInterrupted
+
     try:
         return _run(name, rest)
     except (ValueError, FileNotFoundError) as e:  # SceneError, OutputError, config errors
         print(f"splat {name}: error: {e}", file=sys.stderr)
         return 1
+    except TrainingDiverged as e:
+        print(f"splat {name}: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except TrainingInterrupted as e:
+        print(f"splat {name}: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"splat {name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _run(name: str, rest: list[str]) -> int:

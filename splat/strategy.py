@@ -1,10 +1,13 @@
 """Densification: gsplat's strategies, plus what they lack for our training.
 
-* ``"default"`` is gsplat's ``DefaultStrategy`` (the original 3DGS clone / split / prune). gsplat 1.5.3
-  never resets opacities (``step % reset_every == 0 & step > 0`` parses as a chained comparison ending in
-  ``0 > 0``), so :class:`Densifier` does the reset itself, as the original does: every
-  ``reset_every`` steps while densifying, opacities become ``min(opacity, reset_value)`` (through the
-  inverse sigmoid) and their Adam moments are zeroed.
+* ``"default"`` is gsplat's ``DefaultStrategy`` (the original 3DGS clone / split / prune) with the
+  original's opacity reset: every ``reset_every`` steps while densifying, opacities become
+  ``min(opacity, reset_value)`` (through the inverse sigmoid) and their Adam moments are zeroed, once
+  per period. gsplat itself resets to ``2 * prune_opa`` in every version but 1.5.3, where a precedence bug
+  disables it (``splat._gsplat``). So: under 1.5.3 :class:`Densifier` does the reset; elsewhere gsplat
+  does it, and :class:`Densifier` adds a second clamp only when ``reset_value < 2 * prune_opa``
+  (``min(min(o, a), b) = min(o, b)`` for ``b <= a``: the same as one reset to ``reset_value``). A
+  ``reset_value`` above ``2 * prune_opa`` cannot be honoured there and is refused.
 * ``"mcmc"`` is gsplat's ``MCMCStrategy`` (Kheradmand et al. 2024). Its relocation and noise ops call
   CUDA kernels, so on CPU :class:`Densifier` runs PyTorch versions of the same three steps
   (relocate dead Gaussians, add 5% up to ``cap_max``, perturb positions).
@@ -20,15 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from splat import _gsplat
 from splat._torch_impl import covariance_3d
-
-
-def _lazy_gsplat():
-    # gsplat imports without touching CUDA; imported lazily to keep `import splat` light.
-    from gsplat.strategy import DefaultStrategy, MCMCStrategy
-    from gsplat.strategy.ops import _multinomial_sample, _update_param_with_optimizer, reset_opa
-
-    return DefaultStrategy, MCMCStrategy, _multinomial_sample, _update_param_with_optimizer, reset_opa
 
 
 class Densifier:
@@ -62,11 +58,20 @@ class Densifier:
         min_opacity: float = 0.005,
         mcmc_refine_stop: int = 25_000,
     ):
-        DefaultStrategy, MCMCStrategy, *_ = _lazy_gsplat()
+        # gsplat imports without touching CUDA; imported lazily (here) to keep `import splat` light
+        DefaultStrategy, MCMCStrategy = _gsplat.strategy_classes()
         self.kind = kind
         self.reset_every = reset_every
         self.reset_value = reset_value
         self.refine_stop = refine_stop
+        self.gsplat_version = _gsplat.installed_version()
+        self.gsplat_resets = kind == "default" and _gsplat.gsplat_resets_opacity(self.gsplat_version)
+        if self.gsplat_resets and reset_every > 0 and reset_value > 2 * prune_opa:
+            raise ValueError(
+                f"reset_value={reset_value} cannot be honoured with gsplat {self.gsplat_version}, whose "
+                f"DefaultStrategy clamps opacities to 2 x prune_opa = {2 * prune_opa:g} at each reset: use "
+                f"reset_value <= {2 * prune_opa:g}, raise prune_opa, or install gsplat 1.5.3"
+            )
         if kind == "default":
             self.strategy = DefaultStrategy(
                 prune_opa=prune_opa,
@@ -104,17 +109,18 @@ class Densifier:
             self.strategy.step_pre_backward(params, optimizers, self.state, step, info)
 
     def step_post_backward(self, params, optimizers, step: int, info: dict, lr_means: float) -> None:
-        *_, reset_opa = _lazy_gsplat()
         if self.kind == "default":
             self.strategy.step_post_backward(params, optimizers, self.state, step, info, packed=False)
-            if self.should_reset_opacity(step):
-                reset_opa(params, optimizers, state={}, value=self.reset_value)
+            if self.should_reset_opacity(step):  # after gsplat's own reset, if it did one
+                _gsplat.strategy_ops().reset_opa(params, optimizers, state={}, value=self.reset_value)
         elif params["means"].is_cuda:
             self.strategy.step_post_backward(params, optimizers, self.state, step, info, lr=lr_means)
         else:
             self._mcmc_post_backward_cpu(params, optimizers, step, lr_means)
 
-    def should_reset_opacity(self, step: int) -> bool:
+    def is_reset_step(self, step: int) -> bool:
+        """Steps at which opacities are reset (by gsplat or by us), as the original: every
+        ``reset_every`` steps while densifying."""
         return (
             self.kind == "default"
             and self.reset_every > 0
@@ -122,6 +128,12 @@ class Densifier:
             and step % self.reset_every == 0
             and step < self.refine_stop
         )
+
+    def should_reset_opacity(self, step: int) -> bool:
+        """Whether :class:`Densifier` clamps opacities itself at ``step`` (see the module notes)."""
+        if not self.is_reset_step(step):
+            return False
+        return not self.gsplat_resets or self.reset_value < 2 * self.strategy.prune_opa
 
     # -- checkpointing -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -192,7 +204,8 @@ def _relocated_writer(params, opacities: Tensor, sampled: Tensor, binoms: Tensor
 
 
 def _relocate_cpu(params, optimizers, dead: Tensor, binoms: Tensor, min_opacity: float) -> None:
-    *_, multinomial, update, _ = _lazy_gsplat()
+    ops = _gsplat.strategy_ops()
+    multinomial, update = ops.multinomial_sample, ops.update_param_with_optimizer
     opacities = torch.sigmoid(params["opacities"].flatten())
     dead_idx = dead.nonzero(as_tuple=True)[0]
     alive_idx = (~dead).nonzero(as_tuple=True)[0]
@@ -214,7 +227,8 @@ def _relocate_cpu(params, optimizers, dead: Tensor, binoms: Tensor, min_opacity:
 
 
 def _sample_add_cpu(params, optimizers, n: int, binoms: Tensor, min_opacity: float) -> None:
-    *_, multinomial, update, _ = _lazy_gsplat()
+    ops = _gsplat.strategy_ops()
+    multinomial, update = ops.multinomial_sample, ops.update_param_with_optimizer
     opacities = torch.sigmoid(params["opacities"].flatten())
     sampled = multinomial(opacities, n, replacement=True)
     write = _relocated_writer(params, opacities, sampled, binoms, min_opacity)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 
+import pytest
 import torch
 
 from splat.trainer import Trainer, train
@@ -105,3 +109,238 @@ def test_relocation_matches_mcmc_paper_identity():
     torch.testing.assert_close(new_o[0], o[0])
     torch.testing.assert_close(new_s[0], s[0])  # one copy: unchanged
     assert (new_s[1:] < 1).all() or (new_s[1:] > 0).all()
+
+
+def _knn_brute_force(points: torch.Tensor, k: int = 3) -> torch.Tensor:
+    d2 = torch.cdist(points.double(), points.double()).square()  # [P, P]
+    return d2.topk(min(k + 1, len(points)), dim=1, largest=False).values[:, 1:].mean(1)
+
+
+def test_knn_equals_brute_force_and_scales():
+    import time
+
+    from splat.trainer import knn_sq_dist
+
+    g = torch.Generator().manual_seed(0)
+    pts = torch.randn(500, 3, generator=g)
+    pts[7] = pts[3]  # a duplicated SfM point: its neighbour is at distance 0
+    torch.testing.assert_close(knn_sq_dist(pts), _knn_brute_force(pts).float())
+    assert knn_sq_dist(pts[:3]).shape == (3,)  # fewer points than k + 1: the available neighbours
+    torch.testing.assert_close(knn_sq_dist(pts[:3]), _knn_brute_force(pts[:3]).float())
+    assert torch.equal(knn_sq_dist(pts[:1]), torch.ones(1))
+
+    big = torch.rand(200_000, 3, generator=g)
+    t0 = time.perf_counter()
+    d2 = knn_sq_dist(big)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 15.0, elapsed  # all-pairs distances took ~50 s at 40k points
+    assert d2.shape == (200_000,) and torch.isfinite(d2).all() and (d2 > 0).all()
+    sub = torch.randint(0, 200_000, (20,), generator=g)  # spot-check against brute force on rows
+    for i in sub.tolist():
+        ref = (big - big[i]).double().square().sum(1).topk(4, largest=False).values[1:].mean()
+        torch.testing.assert_close(d2[i].double(), ref, rtol=1e-5, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------
+# divergence and Ctrl-C
+# ------------------------------------------------------------------------------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def _demo_copy(tmp_path):
+    import shutil
+
+    scene = tmp_path / "demo"
+    shutil.copytree(REPO / "assets" / "demo", scene)  # caches land in the copy, not in the repository
+    return scene
+
+
+def _all_plys_finite(out) -> int:
+    from splat.ply import read_ply
+
+    plys = list(out.rglob("*.ply"))
+    for ply in plys:
+        for name, v in read_ply(ply).items():
+            assert torch.isfinite(torch.as_tensor(v)).all(), (ply, name)
+    return len(plys)
+
+
+def test_nan_injection_stops_with_message_and_keeps_last_good_checkpoint(synthetic_scene, tmp_path):
+    from splat.checkpoint import read_checkpoint
+    from splat.params import set_lr
+    from splat.trainer import TrainingDiverged
+
+    cfg = small_config(tmp_path / "o", steps=4, ckpt_every=2, eval_steps=(), save_steps=(), reset_every=0)
+    trainer = Trainer(synthetic_scene, cfg)
+    trainer.train()  # steps 1-4 are healthy: checkpoints at 2 and 4, a PLY at 4
+    good = tmp_path / "o" / "ckpts" / "ckpt_000004.pt"
+    good_bytes = good.read_bytes()
+    trainer.cfg = dataclasses.replace(cfg, steps=40, save_steps=(6, 8, 10))
+    set_lr(trainer.optimizers, "scales", 1e6)  # the injected fault: log-scales jump by ~1e6
+    with pytest.raises(TrainingDiverged) as e:
+        trainer._loop()
+    msg = str(e.value)
+    assert e.value.what == "scales" and e.value.step == 5, msg
+    assert "scales became non-finite at step 5" in msg and "--scales-lr" in msg, msg
+    assert e.value.checkpoint == good and str(good) in msg
+    # nothing written after the fault: no checkpoint or PLY of step 6 and later; the good one untouched
+    assert sorted(p.name for p in (tmp_path / "o" / "ckpts").iterdir()) == ["ckpt_000002.pt", "ckpt_000004.pt"]
+    assert good.read_bytes() == good_bytes
+    ckpt = read_checkpoint(good)
+    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["params"].values())
+    assert _all_plys_finite(tmp_path / "o") == 1
+
+
+def test_non_finite_sfm_points_are_refused(tmp_path):
+    import numpy as np
+
+    from splat.colmap import SceneError
+    from splat.trainer import init_gaussians
+
+    pts = np.zeros((4, 3))
+    pts[2, 1] = np.nan
+    cols = np.full((4, 3), 128, dtype=np.uint8)
+    with pytest.raises(SceneError, match=r"1 of 4 SfM points have non-finite .*indices \[2\]"):
+        init_gaussians(pts, cols, small_config(tmp_path))
+    pts[2, 1] = 1e300  # finite in float64, infinite as float32
+    with pytest.raises(SceneError, match="float32"):
+        init_gaussians(pts, cols, small_config(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "flag, value, culprit",
+    [("--scales-lr", "1e6", "scales became non-finite"), ("--means-lr", "1e4", "no Gaussian is in front")],
+)
+def test_cli_divergence_exits_with_message(tmp_path, flag, value, culprit):
+    scene = _demo_copy(tmp_path)
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [sys.executable, "-m", "splat.cli", "train", str(scene), "--out", str(out), "--steps", "20",
+         "--max-width", "32", "--device", "cpu", "--no-progress", "--no-lpips", flag, value],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "training diverged" in proc.stderr and culprit in proc.stderr and f"lower {flag}" in proc.stderr
+    assert _all_plys_finite(out) == 0 and not list(out.rglob("ckpt_*.pt"))
+
+
+def test_ctrl_c_writes_checkpoint_prints_resume_command_and_exits_130(tmp_path):
+    import re
+    import signal
+    import threading
+    import time
+
+    from splat.checkpoint import read_checkpoint
+
+    scene = _demo_copy(tmp_path)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splat.cli", "train", str(scene), "--out", str(out), "--steps", "100000",
+         "--max-width", "32", "--device", "cpu", "--no-lpips"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 240
+    try:
+        while not re.search(r"\b([1-9]\d*)/100000", "".join(err)):  # the progress bar shows a finished step
+            assert proc.poll() is None, "".join(err)
+            assert time.monotonic() < deadline, "no training step within 240 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=120)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    reader.join(timeout=10)
+    stderr = "".join(err)
+    assert rc == 130, stderr
+    assert "Traceback" not in stderr
+    m = re.search(r"interrupted at step (\d+); wrote (\S+)\nresume with: (.+)", stderr)
+    assert m, stderr
+    step, ckpt_path, command = int(m.group(1)), m.group(2), m.group(3)
+    assert step >= 1
+    assert command.startswith("splat train ") and f"--resume {ckpt_path}" in command and str(out) in command
+    ckpt = read_checkpoint(ckpt_path)
+    assert ckpt["step"] == step and all(torch.isfinite(v).all() for v in ckpt["params"].values())
+    assert not list(out.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------------------
+# gsplat version: who resets opacities
+# ------------------------------------------------------------------------------------------------------
+def test_gsplat_reset_decision_per_version():
+    from splat._gsplat import gsplat_resets_opacity
+
+    # read from gsplat's strategy/default.py at each tag (see splat/_gsplat.py)
+    versions = {"1.4.0": True, "1.5.0": True, "1.5.2": True, "1.5.3": False, "1.5.3+pt24cu124": False,
+                "v1.5.3": False, "1.6.0": True, "1.6.0.dev0": True, "2.0": True}  # fmt: skip
+    assert {v: gsplat_resets_opacity(v) for v in versions} == versions
+    with pytest.raises(ValueError, match="cannot read gsplat version"):
+        gsplat_resets_opacity("unknown")
+
+
+def _count_resets(synthetic_scene, tmp_path, monkeypatch, **kw) -> list[int]:
+    """Run 9 steps with reset_every=3 and return the step of every opacity-reset call (gsplat's or ours)."""
+    import gsplat.strategy.default as gs_default
+    import gsplat.strategy.ops as gs_ops
+
+    from splat.strategy import Densifier
+
+    calls: list[int] = []
+    current = {"step": 0}
+    real_reset, real_post = gs_ops.reset_opa, Densifier.step_post_backward
+
+    def counting_reset(*a, **k):
+        calls.append(current["step"])
+        return real_reset(*a, **k)
+
+    def post(self, params, optimizers, step, info, lr_means):
+        current["step"] = step
+        return real_post(self, params, optimizers, step, info, lr_means)
+
+    monkeypatch.setattr(gs_default, "reset_opa", counting_reset)  # gsplat's DefaultStrategy calls this
+    monkeypatch.setattr(gs_ops, "reset_opa", counting_reset)  # splat._gsplat.strategy_ops() hands out this
+    monkeypatch.setattr(Densifier, "step_post_backward", post)
+    cfg = small_config(tmp_path / "o", steps=9, reset_every=3, refine_start=100, refine_stop=8, eval_steps=(),
+                       save_steps=(), **kw)  # fmt: skip
+    trainer = Trainer(synthetic_scene, cfg)
+    trainer.train()
+    return calls
+
+
+def test_opacity_reset_fires_once_per_period_under_installed_gsplat(synthetic_scene, tmp_path, monkeypatch):
+    assert _count_resets(synthetic_scene, tmp_path, monkeypatch) == [3, 6]  # 9 >= refine_stop: none
+
+
+def test_wrong_version_decision_would_reset_twice_or_never(synthetic_scene, tmp_path, monkeypatch):
+    import splat._gsplat as compat
+
+    real = compat.gsplat_resets_opacity(compat.installed_version())
+    monkeypatch.setattr(compat, "gsplat_resets_opacity", lambda v: not real)
+    calls = _count_resets(synthetic_scene, tmp_path, monkeypatch)
+    assert calls == ([] if real is False else [3, 3, 6, 6]), calls
+
+
+def test_reset_value_gsplat_cannot_honour_is_refused(monkeypatch):
+    import splat._gsplat as compat
+    from splat.strategy import Densifier
+
+    monkeypatch.setattr(compat, "gsplat_resets_opacity", lambda v: True)
+    with pytest.raises(ValueError, match=r"reset_value=0.05 cannot be honoured .* 2 x prune_opa = 0.01"):
+        Densifier(reset_value=0.05, prune_opa=0.005)
+    assert not Densifier(reset_value=0.01, prune_opa=0.005).should_reset_opacity(3000)  # gsplat's reset only
+    assert Densifier(reset_value=0.004, prune_opa=0.005).should_reset_opacity(3000)  # a further clamp
+    monkeypatch.setattr(compat, "gsplat_resets_opacity", lambda v: False)
+    assert Densifier(reset_value=0.05, prune_opa=0.005).should_reset_opacity(3000)
+
+
+def test_missing_private_gsplat_helper_is_a_clear_error(monkeypatch):
+    import gsplat.strategy.ops as gs_ops
+
+    from splat._gsplat import GsplatIncompatible, strategy_ops
+
+    monkeypatch.delattr(gs_ops, "_multinomial_sample")
+    with pytest.raises(GsplatIncompatible, match=r"no longer provides gsplat.strategy.ops._multinomial_sample"):
+        strategy_ops()
