@@ -45,5 +45,5 @@ def test_cli_train_export_and_errors(synthetic_scene, tmp_path, capsys):
     from splat.ply import read_ply
 
     assert read_ply(tmp_path / "x.ply")["means"].shape[0] == summary["num_gaussians"]
-    assert main(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "o2"), "--no-progress"]) == 1
-    assert "error" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
