@@ -101,7 +101,7 @@ class TrainConfig(DensifyConfig):
     resume: Path | None = None
     """Checkpoint (.pt) to resume from: its settings are restored (only steps, eval/save steps, checkpointing, output and progress options may change) and the run then ends exactly as an uninterrupted one."""
     ckpt_every: int = 1000
-    """Write a resumable checkpoint every this many steps (0: only at save_steps and the end). A checkpoint holds the Gaussians and their Adam state: about 710 bytes per Gaussian at sh_degree 3 (0.7 GB per million Gaussians)."""
+    """Write a resumable checkpoint every this many steps (0: only at save_steps and the end). A checkpoint holds the Gaussians and their Adam state: about 720 bytes per Gaussian at sh_degree 3 (0.72 GB per million Gaussians)."""
     keep_ckpts: int = 3
     """Keep only the newest this many periodic checkpoints (those at save_steps are always kept); 0 keeps all."""
     save_steps: tuple[int, ...] = (7_000, 30_000)
