@@ -44,10 +44,17 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, OSError, RuntimeError, EOFError, ValueError) as e:
-        # how torch.load reports a truncated or random file, or a pickle it refuses to load
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from e
+    except pickle.UnpicklingError as e:  # weights_only refused something: never loaded
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it holds objects other than tensors and plain data, which are "
+            "refused (loading them could run code); it was not written by splat"
+        ) from e
+    except EOFError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty or truncated") from e
+    except (OSError, RuntimeError, ValueError) as e:  # torch.load on a corrupt or foreign file
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a valid checkpoint archive (corrupt or truncated?)"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a splat checkpoint")
     for key, kind in (("config", dict), ("params", dict), ("step", int)):

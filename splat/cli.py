@@ -225,7 +225,7 @@ def _run(name: str, rest: list[str]) -> int:
         from splat.ply import write_ply
         from splat.trainer import params_from_checkpoint
 
-        params = params_from_checkpoint(read_checkpoint(cmd.checkpoint), torch.device("cpu"))
+        params = params_from_checkpoint(read_checkpoint(cmd.checkpoint), torch.device("cpu"), cmd.checkpoint)
         write_ply(cmd.out, params)
         print(f"wrote {cmd.out}")
         return 0

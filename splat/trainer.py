@@ -238,7 +238,8 @@ class Trainer:
         # 2. Gaussians (from the SfM points, or a checkpoint's as they are), optimizers, densification
         source = checkpoint if checkpoint is not None else self._resume
         if source is not None:
-            self.params = params_from_checkpoint(source, self.device)
+            name = checkpoint_path if checkpoint is not None else cfg.resume
+            self.params = params_from_checkpoint(source, self.device, name)
         else:
             self.params = init_gaussians(self.model.points, self.model.colors, cfg).to(self.device)
         self.optimizers = make_optimizers(self.params, self._lrs(), eps=cfg.adam_eps)
@@ -483,15 +484,17 @@ class Trainer:
             raise ConfigError(f"checkpoint {source} is at step {self.step}, beyond steps={self.cfg.steps}")
 
 
-def params_from_checkpoint(ckpt: dict, device: torch.device) -> torch.nn.ParameterDict:
+def params_from_checkpoint(
+    ckpt: dict, device: torch.device, source: str | Path = "the checkpoint"
+) -> torch.nn.ParameterDict:
     """The checkpoint's Gaussians as parameters on ``device``, shapes checked against each other."""
     params = ckpt["params"]
     missing = [k for k in PARAM_KEYS if not isinstance(params.get(k), Tensor)]
     if missing:
-        raise CheckpointError(f"the checkpoint has no Gaussian parameter(s) {missing}")
-    n = {len(params[k]) for k in PARAM_KEYS}
+        raise CheckpointError(f"{source} has no Gaussian parameter(s) {missing}")
+    n = {len(params[k]) if params[k].dim() else -1 for k in PARAM_KEYS}
     if len(n) != 1:
-        raise CheckpointError("the checkpoint's Gaussian parameters disagree on the number of Gaussians")
+        raise CheckpointError(f"{source}: its Gaussian parameters disagree on the number of Gaussians")
     return torch.nn.ParameterDict({k: torch.nn.Parameter(params[k].to(device)) for k in PARAM_KEYS})
 
 

@@ -229,6 +229,9 @@ def test_crafted_checkpoints_are_refused_cleanly(tmp_path):
     torch.save({"format": "splat-ckpt-1", "step": 1}, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="not a complete splat checkpoint"):
         read_checkpoint(tmp_path / "partial.pt")
+    torch.save({"format": "splat-ckpt-1", "x": Path("/")}, tmp_path / "object.pt")  # not plain data
+    with pytest.raises(CheckpointError, match="objects other than tensors and plain data, which are refused"):
+        read_checkpoint(tmp_path / "object.pt")
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match="is not a splat checkpoint"):
         read_checkpoint(tmp_path / "list.pt")
