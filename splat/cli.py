@@ -13,7 +13,7 @@ may not set them and a checkpoint's are ignored. ``train --resume CKPT`` restore
 settings; only steps, eval/save steps, checkpointing, output, progress and device may change.
 ``train`` also takes ``prepare``'s SfM options, prefixed: ``--sfm.matcher sequential``.
 
-Exit codes: 0 ok, 1 internal error (a bug: please report it with the traceback), 2 bad usage or input
+Exit codes: 0 ok, 1 internal error (a bug: please report it with the traceback), 2 bad input or usage
 (configuration, scene, checkpoint, an output that cannot be written or a full disk; one line on stderr
 naming the problem), 130 interrupted.
 """

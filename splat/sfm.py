@@ -139,7 +139,7 @@ def prepare(scene: Path, cfg: PrepareConfig) -> SfmSummary:
     # 1. Check inputs
     if model_dir.exists() and not cfg.overwrite:
         raise SfmError(
-            f"{model_dir} already exists; pass overwrite=True (`--overwrite`) to replace it, or train on it as it is."
+            f"{model_dir} already exists; pass --overwrite to replace it, or train on it as it is."
         )
     if not 0.0 <= cfg.min_registered_fraction <= 1.0:
         raise SfmError(f"min_registered_fraction must be in [0, 1], got {cfg.min_registered_fraction}")
