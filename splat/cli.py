@@ -136,6 +136,10 @@ def parse_train_command(argv: list[str]) -> TrainCommand:
     first = tyro.cli(TrainCommand, args=argv, prog=prog)
     if first.config.resume is not None:
         from splat.checkpoint import read_checkpoint
+        from splat.config import ConfigError
+
+        if any(a == "--preset" or a.startswith("--preset=") for a in argv):
+            raise ConfigError("--preset does not apply with --resume: the checkpoint's settings are restored")
 
         defaults = config_from_checkpoint(read_checkpoint(first.config.resume), str(first.config.resume))
     else:

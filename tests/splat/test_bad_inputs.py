@@ -119,6 +119,7 @@ ROWS = {
     # checkpoints
     "resume_missing": (None, ["train", "{scene}", "--out", "{out}", "--resume", "{tmp}/none.pt"], r"checkpoint .*none\.pt does not exist", None),
     "resume_garbage": (_ckpt(b"\x00garbage" * 8), ["train", "{scene}", "--out", "{out}", "--resume", "{ckpt}"], r"cannot read checkpoint .*c\.pt", None),
+    "resume_with_preset": (None, ["train", "{scene}", "--out", "{out}", "--resume", "{tmp}/none.pt", "--preset", "mcmc"], r"--preset does not apply with --resume", None),
     "render_missing_ckpt": (None, ["render", "{tmp}/none.pt", "--scene", "{scene}", "--out", "{out}"], r"does not exist", None),
     "eval_garbage_ckpt": (_ckpt(b"PK\x03\x04broken zip"), ["eval", "{ckpt}", "--scene", "{scene}"], r"cannot read checkpoint", None),
     "export_truncated_ckpt": (_ckpt(b""), ["export", "{ckpt}", "--out", "{out}/x.ply"], r"cannot read checkpoint", None),
