@@ -8,6 +8,14 @@
 
 Every option is documented in ``splat <command> --help``. Options for ``train`` come from a preset,
 then ``SCENE/splat.json`` (a JSON object of option names, with underscores, to values), then the flags.
+Paths (``--out``, ``--resume``, ``--cache-dir``, ``--images``) come from the flags only: ``splat.json``
+may not set them and a checkpoint's are ignored. ``train --resume CKPT`` restores the checkpoint's
+settings; only steps, eval/save steps, checkpointing, output, progress and device may change.
+``train`` also takes ``prepare``'s SfM options, prefixed: ``--sfm.matcher sequential``.
+
+Exit codes: 0 ok, 1 internal error (a bug: please report it with the traceback), 2 bad input or usage
+(configuration, scene, checkpoint, an output that cannot be written or a full disk; one line on stderr
+naming the problem), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,6 +32,14 @@ import tyro
 from splat.config import PRESETS, TrainConfig
 from splat.sfm import PrepareConfig
 
+
+@dataclass
+class TrainSfmOptions(PrepareConfig):
+    """SfM options used by `splat train` when the scene has no COLMAP model yet (as `splat prepare`)."""
+
+    overwrite: tyro.conf.Suppress[bool] = False  # train never replaces an existing model
+    progress: tyro.conf.Suppress[bool] = True  # follows train's --progress
+
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 EXIT_DIVERGED = 3  # training stopped on a non-finite loss or parameter (last good checkpoint kept)
@@ -39,6 +55,7 @@ class TrainCommand:
     preset: PresetName = "default"  # type: ignore[valid-type]
     """Starting configuration: default (original 3DGS, 30k steps), mcmc, cpu-small (a few CPU minutes)."""
     config: Annotated[TrainConfig, tyro.conf.arg(name="")] = field(default_factory=TrainConfig)
+    sfm: Annotated[TrainSfmOptions, tyro.conf.arg(name="sfm")] = field(default_factory=TrainSfmOptions)
 
 
 @dataclass
@@ -53,6 +70,8 @@ class RenderCommand:
     """Folder for the PNG files."""
     split: Literal["test", "train", "all"] = "test"
     """Which views to render (the split uses the training run's test_every)."""
+    images: str = "images"
+    """Name of the images folder inside the scene (as given to `splat train --images`)."""
     device: str = "auto"
     """Torch device ("auto": cuda if available, else cpu)."""
 
@@ -66,7 +85,9 @@ class EvalCommand:
     scene: Path
     """Scene folder the model was trained on."""
     out: Path | None = None
-    """Write metrics.json and renders here (default: print only)."""
+    """Write metrics.json and renders here (default: print only, write nothing)."""
+    images: str = "images"
+    """Name of the images folder inside the scene (as given to `splat train --images`)."""
     device: str = "auto"
     """Torch device ("auto": cuda if available, else cpu)."""
 
@@ -100,36 +121,64 @@ COMMANDS = {
 
 
 def parse_train(argv: list[str]) -> tuple[Path, TrainConfig]:
-    """Two passes: find the scene and preset, then re-parse with preset + splat.json as defaults."""
-    from splat.trainer import default_config
+    """``(scene, config)`` of ``splat train ARGV`` (see :func:`parse_train_command`)."""
+    cmd = parse_train_command(argv)
+    return cmd.scene, cmd.config
+
+
+def parse_train_command(argv: list[str]) -> TrainCommand:
+    """Two passes: find the scene, preset and checkpoint, then re-parse with their settings as defaults.
+
+    The defaults are the preset with the scene's ``splat.json`` applied, or, with ``--resume CKPT``, the
+    checkpoint's saved settings (the preset and ``splat.json`` are then not used); flags win either way.
+    """
+    from splat.config import validate
+    from splat.trainer import config_from_checkpoint, default_config
 
     prog = "splat train"
     first = tyro.cli(TrainCommand, args=argv, prog=prog)
-    defaults = default_config(first.scene, first.preset)
+    if first.config.resume is not None:
+        from splat.checkpoint import read_checkpoint
+        from splat.config import ConfigError
+
+        if any(a == "--preset" or a.startswith("--preset=") for a in argv):
+            raise ConfigError("--preset does not apply with --resume: the checkpoint's settings are restored")
+
+        defaults = config_from_checkpoint(read_checkpoint(first.config.resume), str(first.config.resume))
+    else:
+        defaults = default_config(first.scene, first.preset)
     second = tyro.cli(
-        TrainCommand, args=argv, prog=prog, default=TrainCommand(first.scene, first.preset, defaults)
+        TrainCommand,
+        args=argv,
+        prog=prog,
+        default=TrainCommand(first.scene, first.preset, defaults, TrainSfmOptions()),
     )
-    return second.scene, second.config
+    validate(second.config, "command line")
+    return second
 
 
-def _checkpoint_setup(checkpoint: Path, scene: Path, device: str):
-    """A Trainer for ``scene`` configured as the checkpoint's run, with the checkpoint's Gaussians."""
-    import torch
-
+def _checkpoint_setup(checkpoint: Path, scene: Path, device: str, images: str, out: Path):
+    """A Trainer for ``scene`` configured as the checkpoint's run, holding the checkpoint's Gaussians
+    (no SfM initialisation). Paths come from the arguments, never from the checkpoint."""
     from splat.checkpoint import read_checkpoint
-    from splat.config import apply_overrides
-    from splat.trainer import Trainer
+    from splat.trainer import Trainer, config_from_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
-    saved = {k: v for k, v in ckpt["config"].items() if k not in ("resume",)}
-    cfg = apply_overrides(TrainConfig(), saved, source=str(checkpoint))
-    cfg = dataclasses.replace(cfg, device=device, resume=None, progress=False)
-    trainer = Trainer(scene, cfg)
-    trainer.params = torch.nn.ParameterDict(
-        {k: torch.nn.Parameter(v.to(trainer.device)) for k, v in ckpt["params"].items()}
-    )
-    trainer.step = int(ckpt["step"])
-    return trainer
+    cfg = config_from_checkpoint(ckpt, str(checkpoint))
+    cfg = dataclasses.replace(cfg, device=device, images=images, out=out, resume=None, progress=False)
+    return Trainer(scene, cfg, checkpoint=ckpt, checkpoint_path=checkpoint)
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (a one-line message, exit 2); anything else is a bug (exit 1)."""
+    from safeio import OwnershipError, WriteError
+    from splat.checkpoint import CheckpointError
+    from splat.colmap import SceneError
+    from splat.config import ConfigError
+    from splat.outputs import OutputError
+    from splat.sfm import SfmError
+
+    return (ConfigError, SceneError, SfmError, CheckpointError, OutputError, WriteError, OwnershipError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _run(name, rest)
-    except (ValueError, FileNotFoundError) as e:  # SceneError, OutputError, config errors
+    except _input_errors() as e:  # bad configuration, scene, checkpoint, or an output that cannot be written
         print(f"splat {name}: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     except TrainingDiverged as e:
         print(f"splat {name}: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
@@ -163,8 +212,10 @@ def _run(name: str, rest: list[str]) -> int:
     if name == "train":
         from splat.trainer import train
 
-        scene, cfg = parse_train(rest)
-        result = train(scene, cfg)
+        cmd = parse_train_command(rest)
+        cfg = cmd.config
+        sfm = PrepareConfig(**{**vars(cmd.sfm), "overwrite": False, "progress": cfg.progress})
+        result = train(cmd.scene, cfg, sfm=sfm)
         final = result.metrics.get(str(result.steps), {})
         summary = {
             "out": str(result.out),
@@ -186,28 +237,33 @@ def _run(name: str, rest: list[str]) -> int:
             print(summary)
         return 0
     if name == "export":
+        import torch
+
         from splat.checkpoint import read_checkpoint
         from splat.ply import write_ply
+        from splat.trainer import params_from_checkpoint
 
-        write_ply(cmd.out, read_checkpoint(cmd.checkpoint)["params"])
+        params = params_from_checkpoint(read_checkpoint(cmd.checkpoint), torch.device("cpu"), cmd.checkpoint)
+        write_ply(cmd.out, params)
         print(f"wrote {cmd.out}")
         return 0
     if name == "eval":
-        trainer = _checkpoint_setup(cmd.checkpoint, cmd.scene, cmd.device)
-        if cmd.out is None:
-            trainer.cfg = dataclasses.replace(trainer.cfg, save_renders=False)
-            trainer.out = Path(_tmpdir())
-        else:
-            trainer.out = cmd.out
-        from splat.outputs import check_output_dir
+        import tempfile
 
-        check_output_dir(trainer.out)
-        print(json.dumps(trainer.evaluate(trainer.step), indent=2))
+        with tempfile.TemporaryDirectory(prefix="splat-eval-") as tmp:  # removed on exit, as it is ours
+            out = cmd.out if cmd.out is not None else Path(tmp)
+            trainer = _checkpoint_setup(cmd.checkpoint, cmd.scene, cmd.device, cmd.images, out)
+            if cmd.out is None:
+                trainer.cfg = dataclasses.replace(trainer.cfg, save_renders=False)
+            from splat.outputs import check_output_dir
+
+            check_output_dir(trainer.out)
+            print(json.dumps(trainer.evaluate(trainer.step), indent=2))
         return 0
     if name == "render":
         from splat.outputs import atomic_save_image, check_output_dir
 
-        trainer = _checkpoint_setup(cmd.checkpoint, cmd.scene, cmd.device)
+        trainer = _checkpoint_setup(cmd.checkpoint, cmd.scene, cmd.device, cmd.images, cmd.out)
         check_output_dir(cmd.out)
         sets = {
             "test": [trainer.test_set],
@@ -235,12 +291,6 @@ def _run(name: str, rest: list[str]) -> int:
         print(f"rendered {n} views to {cmd.out}")
         return 0
     raise AssertionError(name)
-
-
-def _tmpdir() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="splat-eval-")
 
 
 if __name__ == "__main__":

@@ -1,30 +1,97 @@
-"""Training configuration: one dataclass, a docstring per field (``splat train --help`` shows them).
+"""Training configuration: dataclasses with a docstring per field (``splat train --help`` shows them).
 
 Defaults are the original 3DGS hyperparameters. Start from a preset (``PRESETS``), then a scene's
 ``splat.json`` (a JSON object of field names to values, e.g. ``{"steps": 2000, "max_width": 320}``),
-then command-line flags; later ones win.
+then command-line flags; later ones win. Resuming (``resume``) starts from the checkpoint's settings
+instead, and only the fields in ``RESUME_SAFE_FIELDS`` may then change.
+
+* :class:`DensifyConfig` holds every densification setting, once. :class:`TrainConfig` extends it (so the
+  flags stay flat: ``--refine-every``, and ``splat.json`` keys are unchanged) and the
+  :class:`splat.strategy.Densifier` takes it whole (``cfg.densify_config()``).
+* :func:`validate` checks every field (type, range, finite numbers, allowed values) and raises
+  :class:`ConfigError` naming the field, the allowed values and the source (preset, ``splat.json``,
+  checkpoint, flags). It is the one place where configurations are checked.
+* Paths (``out``, ``resume``, ``cache_dir``, ``images``) come from the command line or the defaults only:
+  a ``splat.json`` that sets one is refused, and a checkpoint's are ignored (``PATH_FIELDS``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
 SCENE_CONFIG_NAME = "splat.json"
 
+# Fields that name files or folders: never taken from a scene's splat.json or from a checkpoint.
+PATH_FIELDS = ("out", "resume", "cache_dir", "images")
+# Fields that may differ between a checkpoint and the run that resumes it (anything else is refused).
+RESUME_SAFE_FIELDS = (
+    *PATH_FIELDS,
+    "steps",
+    "eval_steps",
+    "save_steps",
+    "ckpt_every",
+    "keep_ckpts",
+    "progress",
+    "save_renders",
+    "lpips",
+    "device",
+    "backend",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field, the value and what is allowed."""
+
 
 @dataclass
-class TrainConfig:
+class DensifyConfig:
+    """Densification: when and how Gaussians are cloned, split, pruned, reset or relocated."""
+
+    strategy: Literal["default", "mcmc"] = "default"
+    """default: clone / split / prune / opacity reset (original 3DGS); mcmc: 3DGS-MCMC relocation."""
+    refine_start: int = 500
+    """Start densifying after this step."""
+    refine_stop: int = 15_000
+    """Stop densifying (and resetting opacity) at this step (default strategy)."""
+    refine_every: int = 100
+    """Densify every this many steps."""
+    reset_every: int = 3000
+    """Reset opacities every this many steps while densifying (default strategy); 0 disables. Opacities clamped to `reset_value` need a few hundred steps to recover: leave that many after the last reset (short runs: one reset or none)."""
+    reset_value: float = 0.01
+    """Opacities are clamped to at most this value at a reset."""
+    grow_grad2d: float = 0.0002
+    """Clone/split Gaussians whose mean screen-space gradient exceeds this."""
+    grow_scale3d: float = 0.01
+    """Gaussians smaller than this (x scene extent) are cloned, larger ones split."""
+    prune_opa: float = 0.005
+    """Prune Gaussians less opaque than this."""
+    prune_scale3d: float = 0.1
+    """Prune Gaussians larger than this (x scene extent) after the first reset."""
+    cap_max: int = 1_000_000
+    """MCMC: maximum number of Gaussians."""
+    noise_lr: float = 5e5
+    """MCMC: position noise scale."""
+    min_opacity: float = 0.005
+    """MCMC: Gaussians less opaque than this are relocated."""
+    mcmc_refine_stop: int = 25_000
+    """MCMC: stop relocating and adding Gaussians at this step (gsplat's default)."""
+
+
+@dataclass
+class TrainConfig(DensifyConfig):
     # -- run ------------------------------------------------------------------------------------------
     out: Path = Path("outputs/splat")
     """Output folder (checkpoints, point_cloud.ply, metrics.json, renders/)."""
     steps: int = 30_000
     """Number of optimisation steps (one image per step)."""
     device: str = "auto"
-    """Torch device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ..."""
+    """Torch device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", "mps"."""
     backend: Literal["auto", "gsplat", "torch"] = "auto"
     """Rasterizer: gsplat (CUDA), torch (reference, CPU-capable) or auto (gsplat on CUDA)."""
     seed: int = 42
@@ -32,9 +99,11 @@ class TrainConfig:
     progress: bool = True
     """Show a live progress bar (loss, PSNR, number of Gaussians, it/s)."""
     resume: Path | None = None
-    """Checkpoint (.pt) to resume from; the run then ends exactly as an uninterrupted one."""
+    """Checkpoint (.pt) to resume from: its settings are restored (only steps, eval/save steps, checkpointing, output and progress options may change) and the run then ends exactly as an uninterrupted one."""
     ckpt_every: int = 1000
-    """Write a resumable checkpoint every this many steps (0: only at save_steps and the end)."""
+    """Write a resumable checkpoint every this many steps (0: only at save_steps and the end). A checkpoint holds the Gaussians and their Adam state: about 720 bytes per Gaussian at sh_degree 3 (0.72 GB per million Gaussians)."""
+    keep_ckpts: int = 3
+    """Keep only the newest this many periodic checkpoints (those at save_steps are always kept); 0 keeps all."""
     save_steps: tuple[int, ...] = (7_000, 30_000)
     """Steps at which to keep a checkpoint and a PLY (the last step always is)."""
 
@@ -50,7 +119,7 @@ class TrainConfig:
     cache_dir: Path | None = None
     """Where undistorted images are cached (default SCENE/.splat_cache, or OUT/.splat_cache if the scene is read-only)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    """Background colour behind the Gaussians (the original uses black)."""
+    """Background colour behind the Gaussians, RGB in [0, 1] (the original uses black)."""
 
     # -- initialisation -------------------------------------------------------------------------------
     sh_degree: int = 3
@@ -83,56 +152,172 @@ class TrainConfig:
     """Adam epsilon."""
     ssim_lambda: float = 0.2
     """Loss = (1 - ssim_lambda) * L1 + ssim_lambda * (1 - SSIM)."""
-
-    # -- densification --------------------------------------------------------------------------------
-    strategy: Literal["default", "mcmc"] = "default"
-    """default: clone / split / prune / opacity reset (original 3DGS); mcmc: 3DGS-MCMC relocation."""
-    refine_start: int = 500
-    """Start densifying after this step."""
-    refine_stop: int = 15_000
-    """Stop densifying (and resetting opacity) at this step."""
-    refine_every: int = 100
-    """Densify every this many steps."""
-    reset_every: int = 3000
-    """Reset opacities every this many steps while densifying (default strategy); 0 disables. Opacities clamped to `reset_value` need a few hundred steps to recover: leave that many after the last reset (short runs: one reset or none)."""
-    reset_value: float = 0.01
-    """Opacities are clamped to at most this value at a reset."""
-    grow_grad2d: float = 0.0002
-    """Clone/split Gaussians whose mean screen-space gradient exceeds this."""
-    grow_scale3d: float = 0.01
-    """Gaussians smaller than this (x scene extent) are cloned, larger ones split."""
-    prune_opa: float = 0.005
-    """Prune Gaussians less opaque than this."""
-    prune_scale3d: float = 0.1
-    """Prune Gaussians larger than this (x scene extent) after the first reset."""
-    cap_max: int = 1_000_000
-    """MCMC: maximum number of Gaussians."""
-    noise_lr: float = 5e5
-    """MCMC: position noise scale."""
     opacity_reg: float = 0.01
     """MCMC: weight of the mean-opacity regulariser."""
     scale_reg: float = 0.01
     """MCMC: weight of the mean-scale regulariser."""
 
     # -- evaluation -----------------------------------------------------------------------------------
-    eval_steps: tuple[int, ...] = (7_000, 30_000)
-    """Evaluate on the held-out views at these steps (and at the last step)."""
+    eval_steps: tuple[int, ...] = (0, 7_000, 30_000)
+    """Evaluate on the held-out views at these steps (and at the last step); 0 is the initialisation."""
     save_renders: bool = True
     """Save held-out renders next to their ground truth at each evaluation."""
     lpips: bool = True
     """Also report LPIPS when the `lpips` package and its weights are available locally (never downloads)."""
 
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not 0 <= self.sh_degree <= 3:
-            raise ValueError(f"sh_degree must be 0..3, got {self.sh_degree}")
-        if not 0 < self.init_opacity < 1:
-            raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
-        if not 0 < self.reset_value < 1:
-            raise ValueError(f"reset_value must be in (0, 1), got {self.reset_value}")
-        if not 0 <= self.ssim_lambda <= 1:
-            raise ValueError(f"ssim_lambda must be in [0, 1], got {self.ssim_lambda}")
+    def validate(self, source: str = "config") -> None:
+        """Check every field; raise :class:`ConfigError` naming the first bad one."""
+        validate(self, source)
+
+    def densify_config(self) -> DensifyConfig:
+        """The densification settings alone (what :class:`splat.strategy.Densifier` takes)."""
+        return DensifyConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DensifyConfig)})
+
+
+# ------------------------------------------------------------------------------------------------------
+# validation: one rule per field
+# ------------------------------------------------------------------------------------------------------
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(lo: int, hi: int | None = None):
+    if hi is None:
+        return lambda v: _is_int(v) and v >= lo, f"an integer >= {lo}"
+    return lambda v: _is_int(v) and lo <= v <= hi, f"an integer from {lo} to {hi}"
+
+
+def _num(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    def ok(v):
+        if not _is_num(v):
+            return False
+        if v < lo or (lo_open and v == lo):
+            return False
+        return hi is None or v < hi or (v == hi and not hi_open)
+
+    lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+    text = f"a finite number > {lo:g}" if lo_open else f"a finite number >= {lo:g}"
+    if hi is not None:
+        text = f"a finite number in {lb}{lo:g}, {hi:g}{rb}"
+    return ok, text
+
+
+def _choice(*values):
+    return lambda v: v in values, "one of " + ", ".join(repr(x) for x in values)
+
+
+def _bool():
+    return lambda v: isinstance(v, bool), "true or false"
+
+
+def _steps_list():
+    return (
+        lambda v: isinstance(v, tuple) and all(_is_int(x) and x >= 0 for x in v),
+        "a list of step numbers (integers >= 0)",
+    )
+
+
+def _path(optional: bool):
+    text = "a path" + (" or null" if optional else "")
+    return lambda v: (optional and v is None) or (isinstance(v, Path) and str(v) != ""), text
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _inside_name(v) -> bool:
+    if not isinstance(v, str) or not v or "\\" in v or PureWindowsPath(v).drive:
+        return False
+    p = PurePosixPath(v)
+    return not p.is_absolute() and ".." not in p.parts and p.parts != (".",)
+
+
+_RULES = {
+    # densification
+    "strategy": _choice("default", "mcmc"),
+    "refine_start": _int(0),
+    "refine_stop": _int(0),
+    "refine_every": _int(1),
+    "reset_every": _int(0),
+    "reset_value": _num(0, 1, lo_open=True, hi_open=True),
+    "grow_grad2d": _num(0, lo_open=True),
+    "grow_scale3d": _num(0, lo_open=True),
+    "prune_opa": _num(0, 1, hi_open=True),
+    "prune_scale3d": _num(0, lo_open=True),
+    "cap_max": _int(1),
+    "noise_lr": _num(0),
+    "min_opacity": _num(0, 1, hi_open=True),
+    "mcmc_refine_stop": _int(0),
+    # run
+    "out": _path(optional=False),
+    "steps": _int(1),
+    "device": (lambda v: isinstance(v, str) and _DEVICE.fullmatch(v) is not None,
+               '"auto", "cpu", "cuda", "cuda:N" or "mps"'),  # fmt: skip
+    "backend": _choice("auto", "gsplat", "torch"),
+    "seed": _int(0),
+    "progress": _bool(),
+    "resume": _path(optional=True),
+    "ckpt_every": _int(0),
+    "keep_ckpts": _int(0),
+    "save_steps": _steps_list(),
+    # data
+    "images": (_inside_name, "a folder name inside the scene (relative, without '..')"),
+    "downscale": _num(0, lo_open=True),
+    "max_width": _int(0),
+    "test_every": (lambda v: _is_int(v) and (v == 0 or v >= 2), "0 or an integer >= 2"),
+    "cache_dir": _path(optional=True),
+    "background": (
+        lambda v: isinstance(v, tuple) and len(v) == 3 and all(_is_num(x) and 0 <= x <= 1 for x in v),
+        "three numbers in [0, 1] (R, G, B)",
+    ),
+    # initialisation
+    "sh_degree": _int(0, 3),
+    "sh_degree_interval": _int(1),
+    "init_opacity": _num(0, 1, lo_open=True, hi_open=True),
+    "init_scale": _num(0, lo_open=True),
+    # optimisation
+    "means_lr": _num(0, lo_open=True),
+    "means_lr_final": _num(0, lo_open=True),
+    "means_lr_steps": _int(1),
+    "sh0_lr": _num(0),
+    "shN_lr": _num(0),
+    "opacities_lr": _num(0),
+    "scales_lr": _num(0),
+    "quats_lr": _num(0),
+    "adam_eps": _num(0, lo_open=True),
+    "ssim_lambda": _num(0, 1),
+    "opacity_reg": _num(0),
+    "scale_reg": _num(0),
+    # evaluation
+    "eval_steps": _steps_list(),
+    "save_renders": _bool(),
+    "lpips": _bool(),
+}
+
+
+def validate(cfg: TrainConfig, source: str = "config") -> None:
+    """Check every field of ``cfg``: raise :class:`ConfigError` ``"SOURCE: FIELD must be ALLOWED, got VALUE"``."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    missing = sorted(set(names) - set(_RULES))
+    if missing:  # a new field without a rule is a bug in this module
+        raise AssertionError(f"no validation rule for {missing}")
+    for name in names:
+        ok, allowed = _RULES[name]
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise ConfigError(f"{source}: {name} must be {allowed}, got {_show(value)}")
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, Path):
+        value = str(value)
+    return repr(value)
 
 
 # Presets: starting points that `--preset` selects before a scene's splat.json and the flags.
@@ -151,40 +336,57 @@ PRESETS: dict[str, TrainConfig] = {
         refine_stop=1500,
         refine_every=100,
         reset_every=1000,
-        eval_steps=(2000,),
+        eval_steps=(0, 2000),
         save_steps=(2000,),
         ckpt_every=500,
     ),
 }
 
 
-def apply_overrides(cfg: TrainConfig, overrides: dict, source: str = "overrides") -> TrainConfig:
-    """Return a copy of ``cfg`` with ``overrides`` (field name -> JSON value) applied, with type checks."""
+def preset(name: str) -> TrainConfig:
+    """A copy of the preset ``name``, or :class:`ConfigError` listing the presets."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])
+
+
+def apply_overrides(
+    cfg: TrainConfig, overrides: dict, source: str = "overrides", paths: Literal["accept", "refuse", "ignore"] = "accept"
+) -> TrainConfig:
+    """Return a validated copy of ``cfg`` with ``overrides`` (field name -> JSON value) applied.
+
+    JSON values are converted (lists to tuples, integers to floats where a number is expected, strings to
+    paths). ``paths`` says what to do with ``PATH_FIELDS``: accept them (flags, the Python API), refuse them
+    with a :class:`ConfigError` (a scene's ``splat.json``) or ignore them (a checkpoint's saved config).
+    """
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: expected an object of option names to values, got {type(overrides).__name__}")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ValueError(f"{source}: unknown option(s) {unknown}; see `splat train --help`")
+        raise ConfigError(f"{source}: unknown option(s) {unknown}; see `splat train --help`")
+    given_paths = sorted(set(overrides) & set(PATH_FIELDS))
+    if given_paths and paths == "refuse":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given_paths)
+        raise ConfigError(
+            f"{source}: {', '.join(given_paths)} may not be set here (paths come from the command line only); "
+            f"remove them and pass {flags} instead"
+        )
     values = {}
     for name, value in overrides.items():
+        if name in PATH_FIELDS and paths == "ignore":
+            continue
         default = getattr(cfg, name)
         if name in ("out", "resume", "cache_dir"):
-            value = None if value is None else Path(value)
-        elif isinstance(default, tuple):
-            if not isinstance(value, list | tuple):
-                raise ValueError(f"{source}: {name} must be a list, got {value!r}")
+            value = Path(value) if isinstance(value, str) and value else value
+        elif isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{source}: {name} must be true or false, got {value!r}")
-        elif isinstance(default, int):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{source}: {name} must be an integer, got {value!r}")
-        elif isinstance(default, float):
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise ValueError(f"{source}: {name} must be a number, got {value!r}")
+        elif isinstance(default, float) and _is_int(value):
             value = float(value)
         values[name] = value
-    return dataclasses.replace(cfg, **values)
+    result = dataclasses.replace(cfg, **values)
+    validate(result, source)
+    return result
 
 
 def load_scene_overrides(scene: Path) -> dict:
@@ -194,14 +396,23 @@ def load_scene_overrides(scene: Path) -> dict:
         return {}
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object of option names to values")
+        raise ConfigError(f"{path} must hold a JSON object of option names to values")
     return data
 
 
+def scene_config(scene: Path, preset_name: str = "default") -> TrainConfig:
+    """The preset with the scene's ``splat.json`` applied (path options there are refused)."""
+    path = Path(scene) / SCENE_CONFIG_NAME
+    return apply_overrides(preset(preset_name), load_scene_overrides(scene), source=str(path), paths="refuse")
+
+
 def config_to_dict(cfg: TrainConfig) -> dict:
+    """Flat JSON-ready dict: the same keys as ``splat.json`` and the flags (with underscores)."""
     d = dataclasses.asdict(cfg)
     return {
         k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()

@@ -25,62 +25,45 @@ from torch import Tensor
 
 from splat import _gsplat
 from splat._torch_impl import covariance_3d
+from splat.config import DensifyConfig
 
 
 class Densifier:
     """Owns a gsplat strategy, its running state, and our opacity reset.
 
     Args:
-        kind: ``"default"`` or ``"mcmc"``.
+        cfg: every densification setting (:class:`splat.config.DensifyConfig`, or a ``TrainConfig``,
+            which extends it): the strategy (``"default"`` or ``"mcmc"``), when to refine, the original's
+            thresholds, the opacity reset and the MCMC hyperparameters. Documented field by field there.
         scene_scale: scene extent (radius of the camera centres x 1.1), the unit for 3D size thresholds.
-        refine_start, refine_stop, refine_every: densify at steps ``start < step < stop`` every ``every``.
-        reset_every: opacity reset period in steps (0 disables), default strategy only.
-        reset_value: opacities are clamped to at most this value at a reset.
-        grow_grad2d, grow_scale3d, prune_opa, prune_scale3d: the original's thresholds.
-        cap_max, noise_lr, min_opacity: MCMC hyperparameters.
     """
 
-    def __init__(
-        self,
-        kind: str = "default",
-        scene_scale: float = 1.0,
-        refine_start: int = 500,
-        refine_stop: int = 15_000,
-        refine_every: int = 100,
-        reset_every: int = 3000,
-        reset_value: float = 0.01,
-        grow_grad2d: float = 0.0002,
-        grow_scale3d: float = 0.01,
-        prune_opa: float = 0.005,
-        prune_scale3d: float = 0.1,
-        cap_max: int = 1_000_000,
-        noise_lr: float = 5e5,
-        min_opacity: float = 0.005,
-        mcmc_refine_stop: int = 25_000,
-    ):
+    def __init__(self, cfg: DensifyConfig, scene_scale: float = 1.0):
         # gsplat imports without touching CUDA; imported lazily (here) to keep `import splat` light
         DefaultStrategy, MCMCStrategy = _gsplat.strategy_classes()
+        kind = cfg.strategy
+        reset_every = cfg.reset_every
         self.kind = kind
         self.reset_every = reset_every
-        self.reset_value = reset_value
-        self.refine_stop = refine_stop
+        self.reset_value = cfg.reset_value
+        self.refine_stop = cfg.refine_stop
         self.gsplat_version = _gsplat.installed_version()
         self.gsplat_resets = kind == "default" and _gsplat.gsplat_resets_opacity(self.gsplat_version)
-        if self.gsplat_resets and reset_every > 0 and reset_value > 2 * prune_opa:
+        if self.gsplat_resets and reset_every > 0 and cfg.reset_value > 2 * cfg.prune_opa:
             raise ValueError(
-                f"reset_value={reset_value} cannot be honoured with gsplat {self.gsplat_version}, whose "
-                f"DefaultStrategy clamps opacities to 2 x prune_opa = {2 * prune_opa:g} at each reset: use "
-                f"reset_value <= {2 * prune_opa:g}, raise prune_opa, or install gsplat 1.5.3"
+                f"reset_value={cfg.reset_value} cannot be honoured with gsplat {self.gsplat_version}, whose "
+                f"DefaultStrategy clamps opacities to 2 x prune_opa = {2 * cfg.prune_opa:g} at each reset: use "
+                f"reset_value <= {2 * cfg.prune_opa:g}, raise prune_opa, or install gsplat 1.5.3"
             )
         if kind == "default":
             self.strategy = DefaultStrategy(
-                prune_opa=prune_opa,
-                grow_grad2d=grow_grad2d,
-                grow_scale3d=grow_scale3d,
-                prune_scale3d=prune_scale3d,
-                refine_start_iter=refine_start,
-                refine_stop_iter=refine_stop,
-                refine_every=refine_every,
+                prune_opa=cfg.prune_opa,
+                grow_grad2d=cfg.grow_grad2d,
+                grow_scale3d=cfg.grow_scale3d,
+                prune_scale3d=cfg.prune_scale3d,
+                refine_start_iter=cfg.refine_start,
+                refine_stop_iter=cfg.refine_stop,
+                refine_every=cfg.refine_every,
                 # also used by gsplat to enable pruning of large Gaussians after the first reset;
                 # a huge value when resets are disabled
                 reset_every=reset_every if reset_every > 0 else 1 << 40,
@@ -91,12 +74,12 @@ class Densifier:
             self.state = self.strategy.initialize_state(scene_scale=scene_scale)
         elif kind == "mcmc":
             self.strategy = MCMCStrategy(
-                cap_max=cap_max,
-                noise_lr=noise_lr,
-                refine_start_iter=refine_start,
-                refine_stop_iter=mcmc_refine_stop,
-                refine_every=refine_every,
-                min_opacity=min_opacity,
+                cap_max=cfg.cap_max,
+                noise_lr=cfg.noise_lr,
+                refine_start_iter=cfg.refine_start,
+                refine_stop_iter=cfg.mcmc_refine_stop,
+                refine_every=cfg.refine_every,
+                min_opacity=cfg.min_opacity,
                 verbose=False,
             )
             self.state = self.strategy.initialize_state()

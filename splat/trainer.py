@@ -16,10 +16,9 @@ the forked RNG state so that a resumed run ends bit-identical to an uninterrupte
 from __future__ import annotations
 
 import contextlib
-import io
+import dataclasses
 import json
 import math
-import os
 import shlex
 import signal
 import threading
@@ -31,10 +30,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from safeio import atomic_write_bytes
-from splat.checkpoint import read_checkpoint
+from safeio import remove_stale_temps
+from splat.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    check_scene,
+    checkpoint_name,
+    prune_checkpoints,
+    read_checkpoint,
+    scene_fingerprint,
+    write_checkpoint,
+)
 from splat.colmap import SceneError, SceneModel, check_scene_folder, find_model_dir, load_scene
-from splat.config import PRESETS, TrainConfig, apply_overrides, config_to_dict, load_scene_overrides
+from splat.config import (
+    RESUME_SAFE_FIELDS,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_to_dict,
+    scene_config,
+    validate,
+)
 from splat.data import ViewDataset, camera_extent, split_indices
 from splat.metrics import _load_lpips, psnr, ssim
 from splat.outputs import (
@@ -107,9 +123,16 @@ class TrainingInterrupted(KeyboardInterrupt):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device must be \"auto\", \"cpu\", \"cuda\", \"cuda:N\" or \"mps\", got {name!r}") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} requested but MPS is not available; use --device cpu")
     return dev
 
 
@@ -166,11 +189,21 @@ def init_gaussians(points: np.ndarray, colors: np.ndarray, cfg: TrainConfig) -> 
     return make_params(means, scales, quats, opacities, sh0, shN)
 
 
-def ensure_model(scene: Path) -> None:
-    """Run SfM (``splat.sfm.prepare``) when the scene has images but no COLMAP model yet."""
+def ensure_model(scene: Path, sfm=None) -> None:
+    """Run SfM (``splat.sfm.prepare`` with ``sfm``, a ``PrepareConfig``) when the scene has images but no
+    COLMAP model yet. A ``sparse/0`` folder that exists but lacks model files is reported, never replaced."""
     check_scene_folder(scene)
     if find_model_dir(scene) is not None:
         return
+    model_dir = scene / "sparse" / "0"
+    if model_dir.exists():
+        present = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else []
+        missing = [f"{n}.bin" for n in ("cameras", "images", "points3D") if not (model_dir / f"{n}.bin").exists()]
+        raise SceneError(
+            f"{model_dir} exists but holds no complete COLMAP model (missing {', '.join(missing)}"
+            + (f"; it holds {', '.join(present[:5])}" if present else "; it is empty")
+            + "). Restore the missing files, or move the folder away to run SfM on the photos again."
+        )
     if not (scene / "images").is_dir():
         raise SceneError(f"scene {scene} has no images folder ({scene / 'images'} is missing)")
     try:
@@ -179,17 +212,38 @@ def ensure_model(scene: Path) -> None:
         raise SceneError(
             f"scene {scene} has no COLMAP model ({scene / 'sparse' / '0'}) and SfM is unavailable: {e}"
         ) from e
-    prepare(scene, PrepareConfig())
+    prepare(scene, sfm if sfm is not None else PrepareConfig())
     if find_model_dir(scene) is None:
         raise SceneError(f"SfM on {scene} produced no model in {scene / 'sparse' / '0'}")
 
 
 def default_config(scene: Path, preset: str = "default") -> TrainConfig:
-    """The preset with the scene's ``splat.json`` applied."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    path = Path(scene) / "splat.json"
-    return apply_overrides(PRESETS[preset], load_scene_overrides(scene), source=str(path))
+    """The preset with the scene's ``splat.json`` applied (a ``splat.json`` may not set paths)."""
+    return scene_config(Path(scene), preset)
+
+
+def config_from_checkpoint(ckpt: dict, source: str) -> TrainConfig:
+    """The configuration a checkpoint was trained with, validated; its paths are ignored (defaults)."""
+    return apply_overrides(TrainConfig(), ckpt["config"], source=f"{source} (saved config)", paths="ignore")
+
+
+def check_resume_config(saved: TrainConfig, cfg: TrainConfig, checkpoint: Path, step: int) -> None:
+    """Refuse a resumed run whose settings differ from the checkpoint's beyond ``RESUME_SAFE_FIELDS``."""
+    changed = [
+        f"{f.name} (checkpoint: {getattr(saved, f.name)!r}, now: {getattr(cfg, f.name)!r})"
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in RESUME_SAFE_FIELDS and getattr(saved, f.name) != getattr(cfg, f.name)
+    ]
+    if changed:
+        raise ConfigError(
+            f"--resume {checkpoint}: these settings differ from the checkpoint's and cannot change on resume: "
+            + "; ".join(changed)
+            + ". Only "
+            + ", ".join(k for k in RESUME_SAFE_FIELDS if k != "resume")
+            + " may change (`splat train --resume` alone restores the checkpoint's settings)."
+        )
+    if cfg.steps < step:
+        raise ConfigError(f"--resume {checkpoint}: the checkpoint is at step {step}, beyond steps={cfg.steps}")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -198,9 +252,29 @@ def default_config(scene: Path, preset: str = "default") -> TrainConfig:
 class Trainer:
     """Holds the scene, the Gaussians, their optimizers and the densifier for one run."""
 
-    def __init__(self, scene: str | Path, cfg: TrainConfig):
+    def __init__(
+        self,
+        scene: str | Path,
+        cfg: TrainConfig,
+        *,
+        checkpoint: dict | None = None,
+        checkpoint_path: str | Path = "the checkpoint",
+        sfm=None,
+    ):
+        """Set up a run: the scene's views, then the Gaussians.
+
+        Args:
+            scene: scene folder (``images/`` and ``sparse/0``; SfM runs first when the model is missing,
+                with ``sfm``, a :class:`splat.sfm.PrepareConfig`).
+            cfg: the run's configuration (validated here). With ``cfg.resume`` the checkpoint is read now
+                (its settings must match, see :func:`check_resume_config`) and restored by :meth:`train`.
+            checkpoint: a checkpoint dict (``read_checkpoint``) whose Gaussians to use as they are, for
+                ``render`` / ``eval``: no SfM, and no initialisation from the SfM points.
+                ``checkpoint_path`` names it in messages.
+            sfm: how SfM runs when the scene has no model yet (a :class:`splat.sfm.PrepareConfig`).
+        """
         # 1. Check inputs (nothing is written before they all pass, except the undistortion cache)
-        cfg.validate()
+        validate(cfg)
         self.scene = Path(scene)
         self.cfg = cfg
         self.out = Path(cfg.out)
@@ -209,7 +283,35 @@ class Trainer:
             raise OutputError(f"output folder {self.out} exists and is not a folder")
         if not would_be_writable(self.out):
             raise OutputError(f"output folder {self.out} cannot be written (permission denied)")
-        ensure_model(self.scene)
+        self._resume: dict | None = None
+        if cfg.resume is not None:
+            self._resume = read_checkpoint(cfg.resume)
+            saved = config_from_checkpoint(self._resume, str(cfg.resume))
+            check_resume_config(saved, cfg, Path(cfg.resume), int(self._resume["step"]))
+        if checkpoint is None:
+            ensure_model(self.scene, sfm)
+        self._setup_scene()
+        for ck, path in ((self._resume, cfg.resume), (checkpoint, checkpoint_path)):
+            if ck is not None:
+                check_scene(ck, self.fingerprint, path, self.scene)
+
+        # 2. Gaussians (from the SfM points, or a checkpoint's as they are), optimizers, densification
+        source = checkpoint if checkpoint is not None else self._resume
+        if source is not None:
+            name = checkpoint_path if checkpoint is not None else cfg.resume
+            self.params = params_from_checkpoint(source, self.device, name)
+        else:
+            self.params = init_gaussians(self.model.points, self.model.colors, cfg).to(self.device)
+        self.optimizers = make_optimizers(self.params, self._lrs(), eps=cfg.adam_eps)
+        self.densifier = self._make_densifier()
+        self.step = int(checkpoint["step"]) if checkpoint is not None else 0
+        self.metrics: dict[str, dict] = {}
+        self._lpips = None
+        self.background = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)
+
+    def _setup_scene(self) -> None:
+        """Read the scene's views (no Gaussians): ``model``, ``train_set``, ``test_set``, ``extent``."""
+        cfg = self.cfg
         cache = cfg.cache_dir if cfg.cache_dir is not None else self.out / ".cache"  # never inside the scene
         self.model: SceneModel = load_scene(self.scene, images=cfg.images, cache_dir=cache)
         train_idx, test_idx = split_indices(len(self.model.views), cfg.test_every)
@@ -220,15 +322,7 @@ class Trainer:
         for ds in (self.train_set, self.test_set):
             ds.preload()  # decode every image now: a broken file fails before step 1
         self.extent = camera_extent(self.model, train_idx)
-
-        # 2. Gaussians, optimizers, densification
-        self.params = init_gaussians(self.model.points, self.model.colors, cfg).to(self.device)
-        self.optimizers = make_optimizers(self.params, self._lrs(), eps=cfg.adam_eps)
-        self.densifier = self._make_densifier()
-        self.step = 0
-        self.metrics: dict[str, dict] = {}
-        self._lpips = None
-        self.background = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)
+        self.fingerprint = scene_fingerprint(self.model.views)
 
     def _lrs(self) -> dict[str, float]:
         c = self.cfg
@@ -242,22 +336,7 @@ class Trainer:
         }
 
     def _make_densifier(self) -> Densifier:
-        c = self.cfg
-        return Densifier(
-            kind=c.strategy,
-            scene_scale=self.extent,
-            refine_start=c.refine_start,
-            refine_stop=c.refine_stop,
-            refine_every=c.refine_every,
-            reset_every=c.reset_every,
-            reset_value=c.reset_value,
-            grow_grad2d=c.grow_grad2d,
-            grow_scale3d=c.grow_scale3d,
-            prune_opa=c.prune_opa,
-            prune_scale3d=c.prune_scale3d,
-            cap_max=c.cap_max,
-            noise_lr=c.noise_lr,
-        )
+        return Densifier(self.cfg.densify_config(), scene_scale=self.extent)
 
     # -- rendering -----------------------------------------------------------------------------------
     def render(self, K: Tensor, viewmat: Tensor, width: int, height: int, sh_degree: int):
@@ -295,14 +374,16 @@ class Trainer:
     def train(self) -> TrainResult:
         cfg = self.cfg
         check_output_dir(self.out)
+        remove_stale_temps(self.out)  # left by a run killed in the middle of a write
         atomic_write_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         t0 = time.perf_counter()
         # The seed below applies inside this fork only; the caller's RNG state is restored on exit.
         with torch.random.fork_rng(devices=devices), self._ctrl_c_at_step_end():
             torch.manual_seed(cfg.seed)
-            if cfg.resume is not None:
-                self.load_checkpoint(cfg.resume)
+            if self._resume is not None:
+                self.load_checkpoint(self._resume)
+                self._resume = None
             elif 0 in cfg.eval_steps and self.test_set:
                 self.evaluate(0)
             self._loop()
@@ -311,7 +392,7 @@ class Trainer:
         return TrainResult(
             out=self.out,
             ply=ply,
-            checkpoint=self.out / "ckpts" / f"ckpt_{self.step:06d}.pt",
+            checkpoint=self.out / "ckpts" / checkpoint_name(self.step),
             metrics=self.metrics,
             num_gaussians=len(self.params["means"]),
             steps=self.step,
@@ -422,9 +503,7 @@ class Trainer:
             if evaluate:
                 self.evaluate(step)
             if ckpt:
-                self.save_checkpoint(self.out / "ckpts" / f"ckpt_{step:06d}.pt")
-            if keep:
-                write_ply(self.out / "point_cloud" / f"iteration_{step}" / "point_cloud.ply", self.params)
+                self.save_step(step, with_ply=keep)
         bar.close()
 
     # -- divergence and interruption -----------------------------------------------------------------
@@ -481,7 +560,7 @@ class Trainer:
     def _write_interrupt_checkpoint(self) -> None:
         """After Ctrl-C: checkpoint the last finished step and raise :class:`TrainingInterrupted`."""
         self._raise_if_diverged(self.step, recheck=True)
-        path = self.out / "ckpts" / f"ckpt_{self.step:06d}.pt"
+        path = self.out / "ckpts" / checkpoint_name(self.step)
         self.save_checkpoint(path)
         command = shlex.join(
             ["splat", "train", str(self.scene), "--out", str(self.out), "--resume", str(path)]
@@ -530,9 +609,17 @@ class Trainer:
         return result
 
     # -- checkpoints ---------------------------------------------------------------------------------
+    def save_step(self, step: int, with_ply: bool) -> None:
+        """The checkpoint of ``step`` (and its PLY, written first, so that a checkpoint that exists always
+        has its PLY), then drop periodic checkpoints beyond the newest ``keep_ckpts``."""
+        if with_ply:
+            write_ply(self.out / "point_cloud" / f"iteration_{step}" / "point_cloud.ply", self.params)
+        self.save_checkpoint(self.out / "ckpts" / checkpoint_name(step))
+        prune_checkpoints(self.out / "ckpts", self.cfg.keep_ckpts, self.cfg.save_steps)
+
     def save_checkpoint(self, path: Path) -> None:
         ckpt = {
-            "format": "splat-ckpt-1",
+            "format": FORMAT,
             "step": self.step,
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
@@ -544,33 +631,50 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "metrics": json.dumps(self.metrics),
             "scene_extent": self.extent,
+            "scene_fingerprint": self.fingerprint,
         }
-        buf = io.BytesIO()
-        torch.save(ckpt, buf)
-        atomic_write_bytes(path, buf.getvalue())
+        write_checkpoint(path, ckpt)
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        ckpt = read_checkpoint(path)
-        self.params = torch.nn.ParameterDict(
-            {k: torch.nn.Parameter(ckpt["params"][k].to(self.device)) for k in PARAM_KEYS}
-        )
-        self.optimizers = make_optimizers(self.params, self._lrs(), eps=self.cfg.adam_eps)
-        for k, opt in self.optimizers.items():
-            opt.load_state_dict(ckpt["optimizers"][k])
-        self.densifier.load_state_dict(ckpt["strategy"], self.device)
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"]["cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+    def load_checkpoint(self, ckpt: dict | str | Path) -> None:
+        """Restore a checkpoint's Gaussians, optimizer and densifier state, RNG and metrics (exact resume)."""
+        source = "the checkpoint" if isinstance(ckpt, dict) else str(ckpt)
+        if not isinstance(ckpt, dict):
+            ckpt = read_checkpoint(ckpt)
+        try:
+            self.params = params_from_checkpoint(ckpt, self.device)
+            self.optimizers = make_optimizers(self.params, self._lrs(), eps=self.cfg.adam_eps)
+            for k, opt in self.optimizers.items():
+                opt.load_state_dict(ckpt["optimizers"][k])
+            self.densifier.load_state_dict(ckpt["strategy"], self.device)
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if ckpt["rng"]["cuda"] is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+            self.metrics = json.loads(ckpt["metrics"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{source} is not a complete splat checkpoint (bad or missing {e})") from e
         self.step = int(ckpt["step"])
-        self.metrics = json.loads(ckpt["metrics"])
         if self.step > self.cfg.steps:
-            raise ValueError(f"checkpoint {path} is at step {self.step}, beyond steps={self.cfg.steps}")
+            raise ConfigError(f"checkpoint {source} is at step {self.step}, beyond steps={self.cfg.steps}")
+
+
+def params_from_checkpoint(
+    ckpt: dict, device: torch.device, source: str | Path = "the checkpoint"
+) -> torch.nn.ParameterDict:
+    """The checkpoint's Gaussians as parameters on ``device``, shapes checked against each other."""
+    params = ckpt["params"]
+    missing = [k for k in PARAM_KEYS if not isinstance(params.get(k), Tensor)]
+    if missing:
+        raise CheckpointError(f"{source} has no Gaussian parameter(s) {missing}")
+    n = {len(params[k]) if params[k].dim() else -1 for k in PARAM_KEYS}
+    if len(n) != 1:
+        raise CheckpointError(f"{source}: its Gaussian parameters disagree on the number of Gaussians")
+    return torch.nn.ParameterDict({k: torch.nn.Parameter(params[k].to(device)) for k in PARAM_KEYS})
 
 
 # ------------------------------------------------------------------------------------------------------
 # Python API
 # ------------------------------------------------------------------------------------------------------
-def train(scene: str | Path, config: TrainConfig | None = None) -> TrainResult:
+def train(scene: str | Path, config: TrainConfig | None = None, sfm=None) -> TrainResult:
     """Train Gaussians on ``scene`` (a folder with ``images/`` and optionally ``sparse/0``).
 
     Examples:
@@ -578,7 +682,9 @@ def train(scene: str | Path, config: TrainConfig | None = None) -> TrainResult:
         >>> cfg = splat.default_config("assets/demo", preset="cpu-small")  # preset + splat.json
         >>> result = splat.train("assets/demo", cfg)
         >>> result.metrics[str(result.steps)]["psnr"]
+
+    ``sfm`` (a :class:`splat.sfm.PrepareConfig`) sets how SfM runs when the scene has no model yet.
     """
     scene = Path(scene)
     cfg = config if config is not None else default_config(scene)
-    return Trainer(scene, cfg).train()
+    return Trainer(scene, cfg, sfm=sfm).train()

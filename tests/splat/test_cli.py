@@ -20,6 +20,22 @@ def test_train_help_documents_every_option():
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in out, f.name
     assert "--preset" in out
+    words = " ".join(out.replace("│", " ").split())
+    assert "about 720 bytes per Gaussian" in words  # what a checkpoint costs
+    assert "--sfm.matcher" in out and "--sfm.max-image-size" in out  # prepare's SfM options
+    assert "--sfm.overwrite" not in out  # train never replaces a model
+
+
+def test_docs_name_out_on_resume_and_exit_codes():
+    from pathlib import Path
+
+    import splat.cli
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    resume_lines = [line for line in readme.splitlines() if line.startswith("splat train") and "--resume" in line]
+    assert resume_lines and all("--out" in line for line in resume_lines)
+    for text in (readme, splat.cli.__doc__):
+        assert "0 ok, 1 internal error" in text and "2 bad input" in text and "130 interrupted" in text
 
 
 def test_preset_then_scene_json_then_flags(synthetic_scene, tmp_path):
@@ -45,5 +61,5 @@ def test_cli_train_export_and_errors(synthetic_scene, tmp_path, capsys):
     from splat.ply import read_ply
 
     assert read_ply(tmp_path / "x.ply")["means"].shape[0] == summary["num_gaussians"]
-    assert main(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "o2"), "--no-progress"]) == 1
-    assert "error" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
