@@ -99,3 +99,25 @@ def test_reference_renderer_matches_gsplat_forward_and_backward():
     assert err < 0.05, err
     cos = torch.nn.functional.cosine_similarity(m2d_t[visible].flatten(), m2d_g[visible].flatten(), dim=0)
     assert cos > 0.99, cos
+
+
+@pytest.mark.gpu
+def test_fused_ssim_matches_pytorch_msssim_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pytest.importorskip("fused_ssim", reason="fused-ssim is not installed (scripts/gpu_check.sh install)")
+    from pytorch_msssim import ssim as msssim
+
+    from splat.metrics import ssim
+
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(64, 80, 3, generator=g).cuda()
+    pred = (gt + 0.1 * torch.randn(64, 80, 3, generator=g).cuda()).clamp(0, 1).requires_grad_(True)
+    fused = ssim(pred, gt)  # the fused kernel on CUDA
+    fused.backward()
+    grad_fused = pred.grad.clone()
+    pred.grad = None
+    ref = msssim(pred.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None], data_range=1.0)
+    ref.backward()
+    torch.testing.assert_close(fused.detach(), ref.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad_fused, pred.grad, rtol=1e-3, atol=1e-7)
