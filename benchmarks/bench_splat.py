@@ -29,7 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from splat.config import PRESETS  # noqa: E402
 from splat.trainer import Trainer, init_gaussians, knn_sq_dist  # noqa: E402
 
-SCENES = Path(__file__).resolve().parents[1] / ".." / "shared" / "scenes"
+REPO = Path(__file__).resolve().parents[1]
+# ../shared/scenes beside the checkout (a worktree one level deeper also finds it)
+SCENES = next(
+    (p for p in (REPO.parent / "shared" / "scenes", REPO.parent.parent / "shared" / "scenes") if p.is_dir()),
+    REPO.parent / "shared" / "scenes",
+)
 
 
 def knn_sq_dist_all_pairs(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> torch.Tensor:
