@@ -2,6 +2,12 @@
 
     python benchmarks/bench_splat.py            # CPU: a short low-resolution run per scene
     python benchmarks/bench_splat.py --full     # GPU: the 30k-step schedule at standard resolution
+    python benchmarks/bench_splat.py --init-only   # SfM-initialisation timing only
+
+Every run first times the SfM initialisation (nearest-neighbour scales + parameters) on random points at
+10k and 40k, with the KD-tree and with the all-pairs distances it replaced (``--no-brute-force`` skips the
+slow baseline). Training rows report checkpoint bytes per Gaussian (the final checkpoint, Adam state
+included). ``--results FILE`` appends every row as a JSON line.
 
 Scenes are read from ../shared/scenes relative to the repository (never copied into it).
 """
@@ -21,9 +27,61 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from splat.config import PRESETS  # noqa: E402
-from splat.trainer import Trainer  # noqa: E402
+from splat.trainer import Trainer, init_gaussians, knn_sq_dist  # noqa: E402
 
-SCENES = Path(__file__).resolve().parents[1] / ".." / "shared" / "scenes"
+REPO = Path(__file__).resolve().parents[1]
+# ../shared/scenes beside the checkout (a worktree one level deeper also finds it)
+SCENES = next(
+    (p for p in (REPO.parent / "shared" / "scenes", REPO.parent.parent / "shared" / "scenes") if p.is_dir()),
+    REPO.parent / "shared" / "scenes",
+)
+
+
+def knn_sq_dist_all_pairs(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> torch.Tensor:
+    """The O(N^2) nearest-neighbour distances the trainer used before the KD-tree (the baseline)."""
+    out = []
+    for start in range(0, len(points), chunk):
+        d2 = torch.cdist(points[start : start + chunk], points).square()  # [B, P]
+        out.append(d2.topk(min(k + 1, len(points)), dim=1, largest=False).values[:, 1:].mean(1))
+    return torch.cat(out)
+
+
+def bench_init(sizes=(10_000, 40_000), brute_force: bool = True) -> list[dict]:
+    """SfM initialisation time: KD-tree knn, the whole init_gaussians, and the all-pairs baseline."""
+    rows = []
+    knn_sq_dist(torch.rand(16, 3))  # import scipy outside the timed calls
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        pts = torch.rand(n, 3, generator=g) * 10  # [N, 3]
+        cols = (torch.rand(n, 3, generator=g) * 255).to(torch.uint8).numpy()
+        t0 = time.perf_counter()
+        d_tree = knn_sq_dist(pts)
+        t_tree = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        init_gaussians(pts.numpy(), cols, PRESETS["default"])
+        t_init = time.perf_counter() - t0
+        row = {
+            "bench": "sfm_init",
+            "points": n,
+            "knn_kdtree_s": round(t_tree, 3),
+            "init_gaussians_s": round(t_init, 3),
+        }
+        if brute_force:
+            t0 = time.perf_counter()
+            d_brute = knn_sq_dist_all_pairs(pts)
+            row["knn_all_pairs_s"] = round(time.perf_counter() - t0, 2)
+            row["speedup"] = round(row["knn_all_pairs_s"] / max(t_tree, 1e-9), 1)
+            # the baseline computes in float32, the KD-tree in float64
+            row["max_rel_diff"] = float(((d_tree - d_brute).abs() / d_brute.clamp_min(1e-12)).max())
+        rows.append(row)
+    return rows
+
+
+def emit(row: dict, results: Path | None) -> None:
+    print(json.dumps(row), flush=True)
+    if results is not None:
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def main() -> None:
@@ -33,11 +91,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="CPU run length")
     ap.add_argument("--max-width", type=int, default=128, help="CPU image width")
     ap.add_argument("--out", type=Path, default=None, help="output root (default: a temp folder)")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads (1 on a machine shared with other jobs)")
+    ap.add_argument(
+        "--threads", type=int, default=2, help="CPU threads (1 on a machine shared with other jobs)"
+    )
+    ap.add_argument("--init-only", action="store_true", help="only the SfM-initialisation timing")
+    ap.add_argument("--no-brute-force", action="store_true", help="skip the all-pairs knn baseline (slow)")
+    ap.add_argument("--results", type=Path, default=None, help="append every row to this file (JSON lines)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads) if not args.full else None
     if args.full and not torch.cuda.is_available():
         raise SystemExit("--full needs a CUDA GPU")
+    for row in bench_init(brute_force=not args.no_brute_force):
+        emit(row, args.results)
+    if args.init_only:
+        return
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-splat-"))
     rows = []
     for name in args.scenes:
@@ -74,9 +141,10 @@ def main() -> None:
             "num_gaussians": result.num_gaussians,
             "wall_s": round(wall, 1),
             "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if args.full else None,
+            "ckpt_bytes_per_gaussian": round(result.checkpoint.stat().st_size / result.num_gaussians, 1),
         }
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        emit(row, args.results)
     print(f"outputs in {root}")
 
 

@@ -158,7 +158,7 @@ def relocation_torch(
     """
     n_max = binoms.shape[0]
     n = ratios.clamp(1, n_max).long()  # [N]
-    new_o = 1.0 - torch.pow(1.0 - opacities, 1.0 / n)
+    new_o = 1.0 - torch.pow(1.0 - opacities, 1.0 / n.to(opacities.dtype))
     i = torch.arange(1, n_max + 1, device=opacities.device)  # [I]
     k = torch.arange(n_max, device=opacities.device)  # [K]
     coeff = binoms[(i - 1)[:, None], k[None, :]] * torch.where(k % 2 == 0, 1.0, -1.0) / torch.sqrt(k + 1.0)

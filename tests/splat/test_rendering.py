@@ -74,11 +74,50 @@ def test_reference_renderer_matches_gsplat_forward_and_backward():
     for fn in (rasterize_torch, rasterization):
         ins = [t.clone().requires_grad_(True) for t in (means, quats, scales, opac, sh)]
         kw = {"packed": False} if fn is rasterization else {}
-        img, alpha, _ = fn(*ins, viewmats, Ks, W, H, sh_degree=3, **kw)
+        img, alpha, meta = fn(*ins, viewmats, Ks, W, H, sh_degree=3, **kw)
+        meta["means2d"].retain_grad()  # the screen-space gradient densification reads
         (img * torch.linspace(0, 1, 3, device="cuda")).sum().backward()
-        outs.append((img.detach(), alpha.detach(), [t.grad for t in ins]))
-    (img_t, a_t, g_t), (img_g, a_g, g_g) = outs
+        outs.append(
+            (img.detach(), alpha.detach(), [t.grad for t in ins], meta["means2d"].grad, meta["radii"])
+        )
+    (img_t, a_t, g_t, m2d_t, radii_t), (img_g, a_g, g_g, m2d_g, radii_g) = outs
     torch.testing.assert_close(img_t, img_g, atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(a_t, a_g, atol=2e-3, rtol=1e-3)
-    for gt, gg in zip(g_t, g_g, strict=True):
-        assert torch.nn.functional.cosine_similarity(gt.flatten(), gg.flatten(), dim=0) > 0.99
+
+    def rel_err(a, b):
+        return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+    names = ("means", "quats", "scales", "opacities", "sh")
+    for name, gt, gg in zip(names, g_t, g_g, strict=True):
+        assert torch.nn.functional.cosine_similarity(gt.flatten(), gg.flatten(), dim=0) > 0.99, name
+        assert rel_err(gt, gg) < 0.05, (name, rel_err(gt, gg))
+    # means2d [C, N, 2]: the gradient densification reads, on the Gaussians both renderers keep
+    assert m2d_t.shape == m2d_g.shape == (1, n, 2)
+    visible = (radii_g > 0).all(-1) & (radii_t > 0).all(-1)  # [C, N]
+    assert visible.sum() > n // 2 and m2d_g[visible].abs().sum() > 0
+    err = rel_err(m2d_t[visible], m2d_g[visible])
+    assert err < 0.05, err
+    cos = torch.nn.functional.cosine_similarity(m2d_t[visible].flatten(), m2d_g[visible].flatten(), dim=0)
+    assert cos > 0.99, cos
+
+
+@pytest.mark.gpu
+def test_fused_ssim_matches_pytorch_msssim_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pytest.importorskip("fused_ssim", reason="fused-ssim is not installed (scripts/gpu_check.sh install)")
+    from pytorch_msssim import ssim as msssim
+
+    from splat.metrics import ssim
+
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(64, 80, 3, generator=g).cuda()
+    pred = (gt + 0.1 * torch.randn(64, 80, 3, generator=g).cuda()).clamp(0, 1).requires_grad_(True)
+    fused = ssim(pred, gt)  # the fused kernel on CUDA
+    fused.backward()
+    grad_fused = pred.grad.clone()
+    pred.grad = None
+    ref = msssim(pred.permute(2, 0, 1)[None], gt.permute(2, 0, 1)[None], data_range=1.0)
+    ref.backward()
+    torch.testing.assert_close(fused.detach(), ref.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad_fused, pred.grad, rtol=1e-3, atol=1e-7)

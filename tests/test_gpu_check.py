@@ -1,0 +1,43 @@
+"""scripts/gpu_check.sh: the parts that run on a CPU machine (help, argument checks, refusal without CUDA)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
+
+
+def _run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_RESULTS": str(tmp_path / "results.txt")}
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_help_lists_every_stage(tmp_path):
+    proc = _run("--help", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for stage in ("install", "tests", "splat-cup", "splat-beercan", "editkit", "all"):
+        assert f"  {stage} " in proc.stdout, stage
+    assert "no CUDA device" in proc.stdout  # the refusal is documented
+
+
+def test_unknown_stage_and_no_stage_are_refused(tmp_path):
+    proc = _run("splat-everything", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "unknown stage 'splat-everything'" in proc.stderr
+    proc = _run(tmp_path=tmp_path)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("stage", ["install", "all"])
+def test_refuses_without_cuda_before_doing_anything(stage, tmp_path):
+    proc = _run(stage, tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "no CUDA device" in proc.stderr or "torch has no CUDA" in proc.stderr, proc.stderr
+    assert not (tmp_path / "results.txt").exists()  # nothing installed, run or written
