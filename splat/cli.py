@@ -2,10 +2,13 @@
 
     splat train SCENE [--out DIR] [--preset NAME] [options]   train Gaussians (runs SfM first if needed)
     splat render CKPT --scene SCENE --out DIR [--split test]  render views of a trained model
+    splat render CKPT --scene SCENE --path orbit --video o.mp4  a video along an orbit / spiral / interpolation
     splat eval CKPT --scene SCENE                             PSNR / SSIM (/ LPIPS) on held-out views
+    splat view RUN_OR_CKPT_OR_PLY [--scene SCENE] [--port N]  live web viewer (viser)
     splat export CKPT --out FILE.ply                          write the Gaussians as a 3DGS PLY
     splat prepare SCENE [--overwrite] [--matcher ...]         COLMAP SfM from SCENE/images
 
+CKPT may be a checkpoint (.pt), a 3DGS PLY (ours or the original implementation's) or a run folder.
 Every option is documented in ``splat <command> --help``. Options for ``train`` come from a preset,
 then ``SCENE/splat.json`` (a JSON object of option names, with underscores, to values), then the flags.
 """
@@ -36,22 +39,46 @@ class TrainCommand:
     preset: PresetName = "default"  # type: ignore[valid-type]
     """Starting configuration: default (original 3DGS, 30k steps), mcmc, cpu-small (a few CPU minutes)."""
     config: Annotated[TrainConfig, tyro.conf.arg(name="")] = field(default_factory=TrainConfig)
+    viewer: bool = False
+    """Serve a live web viewer of the Gaussians being trained (see `splat view`)."""
+    viewer_port: int = 8080
+    """Port of the --viewer web server."""
+    viewer_wait: bool = True
+    """With --viewer: keep serving after training until Ctrl-C."""
 
 
 @dataclass
 class RenderCommand:
-    """Render views of a trained model next to their ground truth."""
+    """Render views of a trained model next to their ground truth, or a video along a camera path."""
 
     checkpoint: tyro.conf.Positional[Path]
-    """Checkpoint (.pt) written by `splat train`."""
-    scene: Path
-    """Scene folder the model was trained on (cameras come from its COLMAP model)."""
+    """Checkpoint (.pt) written by `splat train`, a 3DGS PLY, or a run folder (its newest model)."""
+    scene: Path | None = None
+    """Scene folder the model was trained on (cameras come from its COLMAP model); not needed with --path-file."""
     out: Path = Path("outputs/renders")
     """Folder for the PNG files."""
     split: Literal["test", "train", "all"] = "test"
     """Which views to render (the split uses the training run's test_every)."""
     device: str = "auto"
     """Torch device ("auto": cuda if available, else cpu)."""
+    path: Literal["orbit", "spiral", "interpolate"] | None = None
+    """Render along a camera path fitted to the training cameras instead of the dataset views."""
+    path_file: Path | None = None
+    """Render along a camera path read from this JSON file (see --save-path)."""
+    save_path: Path | None = None
+    """Write the camera path used to this JSON file."""
+    frames: int = 120
+    """Number of frames of a --path."""
+    fps: float | None = None
+    """Frames per second of the video (default: the path file's, else 30)."""
+    video: Path | None = None
+    """Write the path's frames to this video (.mp4, H.264; or .gif)."""
+    save_frames: bool = False
+    """Also write each frame of the path as a PNG in --out (the default when there is no --video)."""
+    width: int | None = None
+    """Width of the path's frames (default: the training images'); height follows their aspect."""
+    mode: Literal["rgb", "depth", "alpha", "centres"] = "rgb"
+    """What to draw along a path (see `splat view`)."""
 
 
 @dataclass
@@ -59,7 +86,7 @@ class EvalCommand:
     """Evaluate a trained model on the held-out views (PSNR, SSIM, LPIPS when available)."""
 
     checkpoint: tyro.conf.Positional[Path]
-    """Checkpoint (.pt) written by `splat train`."""
+    """Checkpoint (.pt) written by `splat train`, a 3DGS PLY, or a run folder (its newest model)."""
     scene: Path
     """Scene folder the model was trained on."""
     out: Path | None = None
@@ -79,6 +106,24 @@ class ExportCommand:
 
 
 @dataclass
+class ViewCommand:
+    """Look at trained Gaussians in a web browser (viser): orbit, jump to training cameras, screenshots."""
+
+    model: tyro.conf.Positional[Path]
+    """Run folder (its newest checkpoint or PLY), checkpoint (.pt) or 3DGS PLY."""
+    scene: Path | None = None
+    """Scene folder the model was trained on: shows its cameras as frustums (click one to jump to it)."""
+    port: int = 8080
+    """Port of the web server."""
+    host: str = "127.0.0.1"
+    """Address to listen on ("0.0.0.0": every interface)."""
+    device: str = "auto"
+    """Torch device ("auto": cuda if available, else cpu, where renders are small and slow)."""
+    resolution: int | None = None
+    """Long side of the rendered image (default: 1920 on CUDA, 128 on CPU); also a slider in the page."""
+
+
+@dataclass
 class PrepareCommand:
     """Run structure-from-motion on SCENE/images and write SCENE/sparse/0."""
 
@@ -93,39 +138,44 @@ COMMANDS = {
     "eval": EvalCommand,
     "export": ExportCommand,
     "prepare": PrepareCommand,
+    "view": ViewCommand,
 }
 
 
 def parse_train(argv: list[str]) -> tuple[Path, TrainConfig]:
     """Two passes: find the scene and preset, then re-parse with preset + splat.json as defaults."""
+    second = parse_train_command(argv)
+    return second.scene, second.config
+
+
+def parse_train_command(argv: list[str]) -> TrainCommand:
+    """The whole ``splat train`` command (the config as :func:`parse_train` builds it, and the viewer flags)."""
     from splat.trainer import default_config
 
     prog = "splat train"
     first = tyro.cli(TrainCommand, args=argv, prog=prog)
     defaults = default_config(first.scene, first.preset)
-    second = tyro.cli(
-        TrainCommand, args=argv, prog=prog, default=TrainCommand(first.scene, first.preset, defaults)
-    )
-    return second.scene, second.config
+    return tyro.cli(TrainCommand, args=argv, prog=prog, default=TrainCommand(first.scene, first.preset, defaults))
 
 
 def _checkpoint_setup(checkpoint: Path, scene: Path, device: str):
-    """A Trainer for ``scene`` configured as the checkpoint's run, with the checkpoint's Gaussians."""
+    """A Trainer for ``scene`` configured as the model's run, with its Gaussians. The model is a checkpoint,
+    a PLY (a run's own ``config.json`` is used when the PLY sits in a run folder, else the defaults) or a run."""
     import torch
 
-    from splat.checkpoint import read_checkpoint
     from splat.config import apply_overrides
+    from splat.model_io import load_gaussians
     from splat.trainer import Trainer
 
-    ckpt = read_checkpoint(checkpoint)
-    saved = {k: v for k, v in ckpt["config"].items() if k not in ("resume",)}
-    cfg = apply_overrides(TrainConfig(), saved, source=str(checkpoint))
-    cfg = dataclasses.replace(cfg, device=device, resume=None, progress=False)
+    params, sh_degree, meta = load_gaussians(checkpoint)
+    saved = {k: v for k, v in (meta["config"] or {}).items() if k not in ("resume",)}
+    cfg = apply_overrides(TrainConfig(), saved, source=meta["source"])
+    cfg = dataclasses.replace(cfg, device=device, resume=None, progress=False, sh_degree=sh_degree)
     trainer = Trainer(scene, cfg)
     trainer.params = torch.nn.ParameterDict(
-        {k: torch.nn.Parameter(v.to(trainer.device)) for k, v in ckpt["params"].items()}
+        {k: torch.nn.Parameter(v.to(trainer.device)) for k, v in params.items()}
     )
-    trainer.step = int(ckpt["step"])
+    trainer.step = int(meta["step"]) if meta["step"] is not None else cfg.steps  # unknown: a finished run
     return trainer
 
 
@@ -149,8 +199,14 @@ def _run(name: str, rest: list[str]) -> int:
     if name == "train":
         from splat.trainer import train
 
-        scene, cfg = parse_train(rest)
-        result = train(scene, cfg)
+        command = parse_train_command(rest)
+        scene, cfg = command.scene, command.config
+        if command.viewer:
+            from splat.viewer_cli import train_with_viewer
+
+            result = train_with_viewer(scene, cfg, command.viewer_port, command.viewer_wait)
+        else:
+            result = train(scene, cfg)
         final = result.metrics.get(str(result.steps), {})
         summary = {
             "out": str(result.out),
@@ -190,9 +246,19 @@ def _run(name: str, rest: list[str]) -> int:
         check_output_dir(trainer.out)
         print(json.dumps(trainer.evaluate(trainer.step), indent=2))
         return 0
+    if name == "view":
+        from splat.viewer_cli import serve
+
+        return serve(cmd)
+    if name == "render" and (cmd.path is not None or cmd.path_file is not None):
+        from splat.viewer_cli import render_video
+
+        return render_video(cmd)
     if name == "render":
         from splat.outputs import atomic_save_image, check_output_dir
 
+        if cmd.scene is None:
+            raise ValueError("--scene is needed to render the dataset views (or give --path / --path-file)")
         trainer = _checkpoint_setup(cmd.checkpoint, cmd.scene, cmd.device)
         check_output_dir(cmd.out)
         sets = {

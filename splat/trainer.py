@@ -164,6 +164,8 @@ class Trainer:
         self.metrics: dict[str, dict] = {}
         self._lpips = None
         self.background = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)
+        # called as cb(trainer, step, loss_ema, psnr_ema) after every step (e.g. splat.viewer.Viewer.on_train_step)
+        self.step_callbacks: list = []
 
     def _lrs(self) -> dict[str, float]:
         c = self.cfg
@@ -297,6 +299,8 @@ class Trainer:
                 cur_psnr = psnr(img.detach(), gt)
             ema_loss = loss.item() if ema_loss is None else 0.9 * ema_loss + 0.1 * loss.item()
             ema_psnr = cur_psnr if ema_psnr is None else 0.9 * ema_psnr + 0.1 * cur_psnr
+            for callback in self.step_callbacks:
+                callback(self, step, ema_loss, ema_psnr)
             if cfg.progress and (step % 10 == 0 or step == cfg.steps):
                 bar.set_postfix(loss=f"{ema_loss:.4f}", psnr=f"{ema_psnr:.2f}", n=len(self.params["means"]))
 
