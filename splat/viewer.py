@@ -93,7 +93,10 @@ class Viewer:
         train_update_s: float = 1.0,
         verbose: bool = False,
     ):
-        import viser  # lazy: only the viewer needs it
+        try:
+            import viser  # lazy: only the viewer needs it
+        except ImportError as e:
+            raise ValueError(f"the viewer needs the viser package ({e}); pip install 'editkit-splat[viewer]'") from e
 
         if transport not in ("jpeg", "png"):
             raise ValueError(f"transport must be 'jpeg' or 'png', got {transport!r}")

@@ -62,8 +62,12 @@ def serve(cmd) -> int:
     return 0
 
 
-def train_with_viewer(scene: Path, cfg: TrainConfig, port: int = 8080, wait: bool = True, viewer_kwargs=None):
-    """Train as ``splat.train`` does, with a :class:`splat.viewer.Viewer` on the live Gaussians."""
+def train_with_viewer(
+    scene: Path, cfg: TrainConfig, port: int = 8080, wait: bool = True, viewer_kwargs=None, on_ready=None
+):
+    """Train as ``splat.train`` does, with a :class:`splat.viewer.Viewer` on the live Gaussians.
+
+    ``on_ready(viewer)``, when given, is called once the viewer serves and before the first step."""
     from splat.model_io import scene_cameras
     from splat.trainer import Trainer
     from splat.viewer import Viewer
@@ -83,6 +87,8 @@ def train_with_viewer(scene: Path, cfg: TrainConfig, port: int = 8080, wait: boo
     print(f"viewer: {viewer.url}", file=sys.stderr, flush=True)
     trainer.step_callbacks.append(viewer.on_train_step)
     try:
+        if on_ready is not None:
+            on_ready(viewer)
         result = trainer.train()
         if wait:
             viewer.update_gaussians(dict(trainer.params.items()), trainer.step)
