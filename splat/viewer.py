@@ -96,7 +96,9 @@ class Viewer:
         try:
             import viser  # lazy: only the viewer needs it
         except ImportError as e:
-            raise ValueError(f"the viewer needs the viser package ({e}); pip install 'editkit-splat[viewer]'") from e
+            raise ValueError(
+                f"the viewer needs the viser package ({e}); pip install 'editkit-splat[viewer]'"
+            ) from e
 
         if transport not in ("jpeg", "png"):
             raise ValueError(f"transport must be 'jpeg' or 'png', got {transport!r}")
@@ -222,6 +224,15 @@ class Viewer:
             client.camera.look_at = centre + dist * forward
             client.camera.up_direction = -down
 
+    def set_mode(self, mode: str) -> None:
+        """Switch the render mode (as the "Render mode" control does) and redraw."""
+        if mode not in RENDER_MODES:
+            raise ValueError(f"unknown render mode {mode!r}; choose from {', '.join(RENDER_MODES)}")
+        with self._lock:
+            self.mode = mode
+        self._mode_control.value = mode
+        self._mark_all_dirty()
+
     def show_cameras(self, visible: bool) -> None:
         for frustum in self.frustums:
             frustum.visible = visible
@@ -273,8 +284,7 @@ class Viewer:
 
     def _on_disconnect(self, client) -> None:
         with self._cond:
-            self._dirty.discard(client.client_id)
-            self.frames.pop(client.client_id, None)
+            self._dirty.discard(client.client_id)  # its last frame stays in `frames` (tests, tools)
 
     def _render_loop(self) -> None:
         while True:
@@ -324,7 +334,7 @@ class Viewer:
             tuple(str(d) for d in range(self.max_sh_degree + 1)),
             initial_value=str(self.max_sh_degree),
         )
-        mode = gui.add_dropdown("Render mode", RENDER_MODES, initial_value=self.mode)
+        mode = self._mode_control = gui.add_dropdown("Render mode", RENDER_MODES, initial_value=self.mode)
         bg = gui.add_rgb("Background", tuple(int(round(c * 255)) for c in self.background))
         show = gui.add_checkbox("Show cameras", initial_value=True)
         shot = gui.add_button("Screenshot")
