@@ -43,22 +43,26 @@ def serve(cmd) -> int:
         raise ValueError(f"resolution must be at least 16 pixels, got {cmd.resolution}")
     params, sh_degree, meta = load_gaussians(cmd.model)
     cameras = scene_cameras(cmd.scene, meta["config"]) if cmd.scene is not None else None
-    viewer = Viewer(
-        params,
-        sh_degree,
-        cameras,
-        host=cmd.host,
-        port=cmd.port,
-        device=resolve_device(cmd.device),
-        resolution=cmd.resolution,
-        background=_background(meta["config"]),
-    )
-    n = params["means"].shape[0]
-    print(f"viewing {meta['source']} ({n:,} Gaussians) at {viewer.url}  (Ctrl-C to quit)", flush=True)
+    viewer = None
     try:
+        viewer = Viewer(
+            params,
+            sh_degree,
+            cameras,
+            host=cmd.host,
+            port=cmd.port,
+            device=resolve_device(cmd.device),
+            resolution=cmd.resolution,
+            background=_background(meta["config"]),
+        )
+        n = params["means"].shape[0]
+        print(f"viewing {meta['source']} ({n:,} Gaussians) at {viewer.url}  (Ctrl-C to quit)", flush=True)
         _wait_for_ctrl_c()
+    except KeyboardInterrupt:  # Ctrl-C while the server was starting
+        pass
     finally:
-        viewer.stop()
+        if viewer is not None:
+            viewer.stop()
     return 0
 
 

@@ -146,3 +146,38 @@ def test_render_modes_follow_the_reference_renderer():
     assert (c == [0, 0, 255]).all(-1).sum() == 64 * 48 - 2
     with pytest.raises(ValueError, match="choose from"):
         render_mode(g, K, viewmat, 64, 48, 0, bg, "normals")
+
+
+def test_view_command_serves_until_interrupted(demo_run, tmp_path):
+    import select
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("viser")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splat.cli", "view", str(demo_run), "--scene", str(DEMO), "--port", str(port),
+         "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline, line = time.monotonic() + 120, ""
+        while "Gaussians) at http://127.0.0.1:" not in line:  # viser prints a banner first
+            ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
+            assert ready and proc.poll() is None, "splat view did not start"
+            line = proc.stdout.readline()
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read()
+        assert b"<html" in page.lower()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+    assert main(["view", str(tmp_path / "missing")]) == 1
+    assert main(["view", str(demo_run), "--port", "70000"]) == 1
