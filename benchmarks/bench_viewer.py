@@ -83,8 +83,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def training_overhead(steps: int, repeats: int, max_width: int) -> tuple[float, float]:
-    """Best wall time of ``steps`` demo training steps without / with a viewer attached (no client)."""
+def training_overhead(steps: int, repeats: int, max_width: int) -> dict[str, float]:
+    """Best wall and CPU (process) time of ``steps`` demo training steps without / with a viewer attached
+    (no client), and the cost of one call of the idle viewer's step callback."""
     from splat.config import TrainConfig
     from splat.trainer import Trainer
     from splat.viewer import Viewer
@@ -93,7 +94,7 @@ def training_overhead(steps: int, repeats: int, max_width: int) -> tuple[float, 
         device="cpu", progress=False, steps=steps, max_width=max_width, lpips=False, eval_steps=(),
         save_steps=(), ckpt_every=0, save_renders=False, refine_start=10_000,
     )  # fmt: skip
-    best = {"plain": float("inf"), "viewer": float("inf")}
+    best = {k: float("inf") for k in ("plain", "viewer", "plain_cpu", "viewer_cpu")}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
             for kind in ("plain", "viewer"):
@@ -103,12 +104,18 @@ def training_overhead(steps: int, repeats: int, max_width: int) -> tuple[float, 
                 if kind == "viewer":
                     viewer = Viewer(dict(trainer.params.items()), cfg.sh_degree, None, port=free_port())
                     trainer.step_callbacks.append(viewer.on_train_step)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 trainer.train()
                 best[kind] = min(best[kind], time.perf_counter() - t0)
+                best[kind + "_cpu"] = min(best[kind + "_cpu"], time.process_time() - c0)
                 if viewer is not None:
+                    calls = 10_000
+                    t0 = time.perf_counter()
+                    for _ in range(calls):
+                        viewer.on_train_step(trainer, steps, 0.1, 20.0)
+                    best["callback"] = min(best.get("callback", 1.0), (time.perf_counter() - t0) / calls)
                     viewer.stop()
-    return best["plain"], best["viewer"]
+    return best
 
 
 def main() -> None:
@@ -153,10 +160,16 @@ def main() -> None:
     if device.type == "cpu":  # on a shared machine wall time inflates; CPU time (all threads) does not
         print(f"CPU time per frame (all threads): median {statistics.median(cpu) * 1000:.1f} ms")
     if args.train_steps > 0 and not args.gpu:
-        plain, watched = training_overhead(args.train_steps, args.repeats, max_width=64)
+        b = training_overhead(args.train_steps, args.repeats, max_width=64)
         print(
-            f"training {args.train_steps} steps, best of {args.repeats}: plain {plain:.2f} s, "
-            f"with viewer (no client) {watched:.2f} s, ratio {watched / plain:.3f}"
+            f"training {args.train_steps} steps, best of {args.repeats}: plain {b['plain']:.2f} s "
+            f"({b['plain_cpu']:.2f} s CPU), with viewer, no client {b['viewer']:.2f} s ({b['viewer_cpu']:.2f} s CPU); "
+            f"ratio wall {b['viewer'] / b['plain']:.3f}, CPU {b['viewer_cpu'] / b['plain_cpu']:.3f}"
+        )
+        per_step = b["plain"] / args.train_steps
+        print(
+            f"idle viewer callback: {b['callback'] * 1e6:.1f} us per step = "
+            f"{100 * b['callback'] / per_step:.4f} % of a {per_step * 1000:.0f} ms training step"
         )
     print(np.round(np.array(times) * 1000, 1).tolist())
 
