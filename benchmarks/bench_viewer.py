@@ -118,6 +118,20 @@ def training_overhead(steps: int, repeats: int, max_width: int) -> dict[str, flo
     return best
 
 
+def idle_server_cpu(seconds: float = 10.0) -> float:
+    """CPU seconds per second that a serving viewer with no client costs the process (its threads)."""
+    from splat.viewer import Viewer
+
+    params, _, _ = demo_gaussians(Path(tempfile.mkdtemp()))
+    viewer = Viewer(params, 3, None, port=free_port())
+    time.sleep(2.0)
+    c0 = time.process_time()
+    time.sleep(seconds)
+    used = (time.process_time() - c0) / seconds
+    viewer.stop()
+    return used
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="1920x1080 on CUDA (needs a GPU)")
@@ -171,6 +185,8 @@ def main() -> None:
             f"idle viewer callback: {b['callback'] * 1e6:.1f} us per step = "
             f"{100 * b['callback'] / per_step:.4f} % of a {per_step * 1000:.0f} ms training step"
         )
+    if not args.gpu:
+        print(f"idle viewer server (no client): {idle_server_cpu() * 1000:.2f} ms CPU per second")
     print(np.round(np.array(times) * 1000, 1).tolist())
 
 
