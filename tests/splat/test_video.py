@@ -162,7 +162,7 @@ def test_view_command_serves_until_interrupted(demo_run, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "splat.cli", "view", str(demo_run), "--scene", str(DEMO), "--port", str(port),
+        [sys.executable, "-X", "faulthandler", "-m", "splat.cli", "view", str(demo_run), "--scene", str(DEMO), "--port", str(port),
          "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -176,7 +176,12 @@ def test_view_command_serves_until_interrupted(demo_run, tmp_path):
         assert b"<html" in page.lower()
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=180)  # seconds here; generous for a loaded machine
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            out, err = proc.communicate(timeout=60)
+            pytest.fail(f"splat view did not exit after Ctrl-C:\n{err[-8000:]}")
     assert proc.returncode == 0 and "Traceback" not in err, err
 
     assert main(["view", str(tmp_path / "missing")]) == 1
