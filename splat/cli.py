@@ -2,10 +2,13 @@
 
     splat train SCENE [--out DIR] [--preset NAME] [options]   train Gaussians (runs SfM first if needed)
     splat render CKPT --scene SCENE --out DIR [--split test]  render views of a trained model
+    splat render CKPT --scene SCENE --path orbit --video o.mp4  a video along an orbit / spiral / interpolation
     splat eval CKPT --scene SCENE                             PSNR / SSIM (/ LPIPS) on held-out views
+    splat view RUN_OR_CKPT_OR_PLY [--scene SCENE] [--port N]  live web viewer (viser)
     splat export CKPT --out FILE.ply                          write the Gaussians as a 3DGS PLY
     splat prepare SCENE [--overwrite] [--matcher ...]         COLMAP SfM from SCENE/images
 
+CKPT may be a checkpoint (.pt), a 3DGS PLY (ours or the original implementation's) or a run folder.
 Every option is documented in ``splat <command> --help``. Options for ``train`` come from a preset,
 then ``SCENE/splat.json`` (a JSON object of option names, with underscores, to values), then the flags.
 Paths (``--out``, ``--resume``, ``--cache-dir``, ``--images``) come from the flags only: ``splat.json``
@@ -29,7 +32,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from splat.config import PRESETS, TrainConfig
+from splat.config import PRESETS, ConfigError, TrainConfig
 from splat.sfm import PrepareConfig
 
 
@@ -56,16 +59,22 @@ class TrainCommand:
     """Starting configuration: default (original 3DGS, 30k steps), mcmc, cpu-small (a few CPU minutes)."""
     config: Annotated[TrainConfig, tyro.conf.arg(name="")] = field(default_factory=TrainConfig)
     sfm: Annotated[TrainSfmOptions, tyro.conf.arg(name="sfm")] = field(default_factory=TrainSfmOptions)
+    viewer: bool = False
+    """Serve a live web viewer of the Gaussians being trained (see `splat view`)."""
+    viewer_port: int = 8080
+    """Port of the --viewer web server."""
+    viewer_wait: bool = True
+    """With --viewer: keep serving after training until Ctrl-C."""
 
 
 @dataclass
 class RenderCommand:
-    """Render views of a trained model next to their ground truth."""
+    """Render views of a trained model next to their ground truth, or a video along a camera path."""
 
     checkpoint: tyro.conf.Positional[Path]
-    """Checkpoint (.pt) written by `splat train`."""
-    scene: Path
-    """Scene folder the model was trained on (cameras come from its COLMAP model)."""
+    """Checkpoint (.pt) written by `splat train`, a 3DGS PLY, or a run folder (its newest model)."""
+    scene: Path | None = None
+    """Scene folder the model was trained on (cameras come from its COLMAP model); not needed with --path-file."""
     out: Path = Path("outputs/renders")
     """Folder for the PNG files."""
     split: Literal["test", "train", "all"] = "test"
@@ -74,6 +83,24 @@ class RenderCommand:
     """Name of the images folder inside the scene (as given to `splat train --images`)."""
     device: str = "auto"
     """Torch device ("auto": cuda if available, else cpu)."""
+    path: Literal["orbit", "spiral", "interpolate"] | None = None
+    """Render along a camera path fitted to the training cameras instead of the dataset views."""
+    path_file: Path | None = None
+    """Render along a camera path read from this JSON file (see --save-path)."""
+    save_path: Path | None = None
+    """Write the camera path used to this JSON file."""
+    frames: int = 120
+    """Number of frames of a --path."""
+    fps: float | None = None
+    """Frames per second of the video (default: the path file's, else 30)."""
+    video: Path | None = None
+    """Write the path's frames to this video (.mp4, H.264; or .gif)."""
+    save_frames: bool = False
+    """Also write each frame of the path as a PNG in --out (the default when there is no --video)."""
+    width: int | None = None
+    """Width of the path's frames (default: the training images'); height follows their aspect."""
+    mode: Literal["rgb", "depth", "alpha", "centres"] = "rgb"
+    """What to draw along a path (see `splat view`)."""
 
 
 @dataclass
@@ -81,7 +108,7 @@ class EvalCommand:
     """Evaluate a trained model on the held-out views (PSNR, SSIM, LPIPS when available)."""
 
     checkpoint: tyro.conf.Positional[Path]
-    """Checkpoint (.pt) written by `splat train`."""
+    """Checkpoint (.pt) written by `splat train`, a 3DGS PLY, or a run folder (its newest model)."""
     scene: Path
     """Scene folder the model was trained on."""
     out: Path | None = None
@@ -103,6 +130,24 @@ class ExportCommand:
 
 
 @dataclass
+class ViewCommand:
+    """Look at trained Gaussians in a web browser (viser): orbit, jump to training cameras, screenshots."""
+
+    model: tyro.conf.Positional[Path]
+    """Run folder (its newest checkpoint or PLY), checkpoint (.pt) or 3DGS PLY."""
+    scene: Path | None = None
+    """Scene folder the model was trained on: shows its cameras as frustums (click one to jump to it)."""
+    port: int = 8080
+    """Port of the web server."""
+    host: str = "127.0.0.1"
+    """Address to listen on ("0.0.0.0": every interface)."""
+    device: str = "auto"
+    """Torch device ("auto": cuda if available, else cpu, where renders are small and slow)."""
+    resolution: int | None = None
+    """Long side of the rendered image (default: 1920 on CUDA, 128 on CPU); also a slider in the page."""
+
+
+@dataclass
 class PrepareCommand:
     """Run structure-from-motion on SCENE/images and write SCENE/sparse/0."""
 
@@ -117,6 +162,7 @@ COMMANDS = {
     "eval": EvalCommand,
     "export": ExportCommand,
     "prepare": PrepareCommand,
+    "view": ViewCommand,
 }
 
 
@@ -158,15 +204,25 @@ def parse_train_command(argv: list[str]) -> TrainCommand:
 
 
 def _checkpoint_setup(checkpoint: Path, scene: Path, device: str, images: str, out: Path):
-    """A Trainer for ``scene`` configured as the checkpoint's run, holding the checkpoint's Gaussians
-    (no SfM initialisation). Paths come from the arguments, never from the checkpoint."""
+    """A Trainer for ``scene`` configured as the model's run, holding the model's Gaussians (no SfM
+    initialisation). The model is a checkpoint, a 3DGS PLY (its run's ``config.json`` is used when it sits
+    in a run folder, else the defaults) or a run folder. Paths come from the arguments, never from files."""
     from splat.checkpoint import read_checkpoint
+    from splat.model_io import find_model_file, load_gaussians
     from splat.trainer import Trainer, config_from_checkpoint
 
-    ckpt = read_checkpoint(checkpoint)
-    cfg = config_from_checkpoint(ckpt, str(checkpoint))
+    file = find_model_file(checkpoint)
+    if file.suffix.lower() == ".ply":
+        params, sh_degree, meta = load_gaussians(file)
+        cfg = config_from_checkpoint({"config": meta["config"] or {}}, meta["source"])
+        cfg = dataclasses.replace(cfg, sh_degree=sh_degree)
+        step = meta["step"] if meta["step"] is not None else cfg.steps  # unknown: a finished run
+        ckpt = {"params": params, "step": step}
+    else:
+        ckpt = read_checkpoint(file)
+        cfg = config_from_checkpoint(ckpt, str(file))
     cfg = dataclasses.replace(cfg, device=device, images=images, out=out, resume=None, progress=False)
-    return Trainer(scene, cfg, checkpoint=ckpt, checkpoint_path=checkpoint)
+    return Trainer(scene, cfg, checkpoint=ckpt, checkpoint_path=file)
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
@@ -215,7 +271,12 @@ def _run(name: str, rest: list[str]) -> int:
         cmd = parse_train_command(rest)
         cfg = cmd.config
         sfm = PrepareConfig(**{**vars(cmd.sfm), "overwrite": False, "progress": cfg.progress})
-        result = train(cmd.scene, cfg, sfm=sfm)
+        if cmd.viewer:
+            from splat.viewer_cli import train_with_viewer
+
+            result = train_with_viewer(cmd.scene, cfg, cmd.viewer_port, cmd.viewer_wait, sfm=sfm)
+        else:
+            result = train(cmd.scene, cfg, sfm=sfm)
         final = result.metrics.get(str(result.steps), {})
         summary = {
             "out": str(result.out),
@@ -260,9 +321,19 @@ def _run(name: str, rest: list[str]) -> int:
             check_output_dir(trainer.out)
             print(json.dumps(trainer.evaluate(trainer.step), indent=2))
         return 0
+    if name == "view":
+        from splat.viewer_cli import serve
+
+        return serve(cmd)
+    if name == "render" and (cmd.path is not None or cmd.path_file is not None):
+        from splat.viewer_cli import render_video
+
+        return render_video(cmd)
     if name == "render":
         from splat.outputs import atomic_save_image, check_output_dir
 
+        if cmd.scene is None:
+            raise ConfigError("--scene is needed to render the dataset views (or give --path / --path-file)")
         trainer = _checkpoint_setup(cmd.checkpoint, cmd.scene, cmd.device, cmd.images, cmd.out)
         check_output_dir(cmd.out)
         sets = {

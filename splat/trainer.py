@@ -308,6 +308,9 @@ class Trainer:
         self.metrics: dict[str, dict] = {}
         self._lpips = None
         self.background = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)
+        # called as cb(trainer, step, loss, psnr) after every step, loss / psnr of that step as 0-dim tensors
+        # (e.g. splat.viewer.Viewer.on_train_step)
+        self.step_callbacks: list = []
 
     def _setup_scene(self) -> None:
         """Read the scene's views (no Gaussians): ``model``, ``train_set``, ``test_set``, ``extent``."""
@@ -480,13 +483,16 @@ class Trainer:
             with torch.no_grad():
                 self._track_finite(step, loss)
                 mse = (img.detach().clamp(0, 1) - gt).square().mean()
-                window += torch.stack([loss.detach(), -10.0 * torch.log10(mse)])
+                stats = torch.stack([loss.detach(), -10.0 * torch.log10(mse)])  # [loss, PSNR] of this step
+                window += stats
             refine_step = cfg.refine_every > 0 and step % cfg.refine_every == 0
             if refine_step or step % LOG_EVERY == 0:
                 self._raise_if_diverged(step)  # before densification samples from NaN opacities
             self.densifier.step_post_backward(self.params, self.optimizers, step, info, lr_means)
             self.step = step
 
+            for callback in self.step_callbacks:  # 0-dim tensors: no host sync unless a callback reads them
+                callback(self, step, stats[0], stats[1])
             last = step == cfg.steps
             if cfg.progress and (step % LOG_EVERY == 0 or last):
                 n_window = (step - 1) % LOG_EVERY + 1
