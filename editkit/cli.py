@@ -33,6 +33,7 @@ to every image, and the inversion of an image is computed once per source prompt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -251,11 +252,30 @@ def _seed(seed: int):
     return None if seed < 0 else seed
 
 
+@contextlib.contextmanager
+def _loading_bars(show: bool):
+    """diffusers' and transformers' loading progress bars, off with --quiet (restored afterwards)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    modules = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
+    if not show:
+        for m in modules:
+            m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not show:
+            for m in modules:
+                m.enable_progress_bar()
+
+
 def _load(opts: ModelOptions):
     from editkit import load_pipeline
 
     _say(opts, f"loading {opts.model} ...")
-    pipe = load_pipeline(opts.model, device=opts.device)
+    with _loading_bars(not getattr(opts, "quiet", False)):
+        pipe = load_pipeline(opts.model, device=opts.device)
     _say(opts, f"model on {pipe.device} in {str(pipe.unet.dtype).replace('torch.', '')}")
     return pipe
 
