@@ -280,8 +280,8 @@ def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: in
                         p_target = gr.Textbox(label="Target prompt(s), one per line", lines=2,
                                               placeholder="a dog sitting on a table", elem_id="p2p-target")
                         p_inversion = gr.Radio(list(INVERSION_METHODS), value="null-text", label="Inversion",
-                                               info="Cost of inversion + edit, measured (benchmarks/"
-                                               "bench_real_edit.py): "
+                                               info="Time of inversion + edit relative to DDIM, measured on the tiny test model (benchmarks/"
+                                               "bench_inversion_cost.py): "
                                                + "; ".join(f"{m}: {INVERSION_COST[m]}" for m in INVERSION_METHODS),
                                                elem_id="p2p-inversion")
                         p_p2p = _p2p_controls(gr, "p2p")

@@ -119,7 +119,7 @@ class Edit(P2POptions):
     method: Literal["p2p", "pnp"] = "p2p"
     """Editing method: 'p2p' (Prompt-to-Prompt on an inversion) or 'pnp' (Plug-and-Play)."""
     inversion: Literal[INVERSION_METHODS] = "null-text"
-    """Inversion for p2p: 'null-text' (most faithful; about 7x the time of the others), 'negative-prompt' and
+    """Inversion for p2p: 'null-text' (most faithful; 6-17x the time of DDIM on the tiny test model), 'negative-prompt' and
     'direct' (fast), 'ddim' (fast, drifts)."""
     pnp_f_t: float = 0.8
     """Plug-and-Play: fraction of the steps in which the source's ResNet features are injected (0..1)."""

@@ -62,13 +62,14 @@ EDIT_KINDS = ("replace", "refine")
 MAX_PHOTO_PIXELS = 50_000_000
 
 # What each inversion costs, inversion + one edit, relative to DDIM inversion + the same edit. Measured with
-# ``benchmarks/bench_real_edit.py`` (CPU, small SD-1.5-shaped UNet with random weights, 10 steps, null-text
-# 10 inner iterations; random weights never reach null-text's early stop, so its figure is the worst case).
+# ``benchmarks/bench_inversion_cost.py`` on the tiny test model (CPU, 10 steps, null-text 10 inner iterations),
+# twice on a busy 2-core machine: null-text 17.2x and 6.4x DDIM; negative-prompt 2.0x and 0.7x, direct 2.1x
+# and 0.7x (the same work as DDIM plus a few conditioning rows, so the spread is the machine's noise).
 INVERSION_COST = {
-    "ddim": "1x (one inversion pass + the edit); the edit drifts from the photo",
-    "null-text": "~7x DDIM (optimises an embedding at every step); most faithful",
-    "negative-prompt": "~1x DDIM; fast, less faithful than null-text",
-    "direct": "~1x DDIM; fast, keeps the source on the inversion path",
+    "ddim": "1x; the edit drifts from the photo",
+    "null-text": "6-17x DDIM (optimises an embedding at every step); most faithful",
+    "negative-prompt": "about 1x DDIM; fast, less faithful than null-text",
+    "direct": "about 1x DDIM; fast, keeps the source on the inversion path",
 }
 
 
