@@ -9,36 +9,43 @@ Three tabs, one per way of editing:
 
 The model is loaded once, when the app is built, and shared by every browser session; runs are serialised
 (one concurrency group of size 1, plus a lock) because editing installs attention hooks on the shared UNet.
-Everything else that changes while a user works (the inversion cache) lives in ``gr.State``, which Gradio keeps
-per browser session, so two users never see each other's inversions or results.
+Everything else that changes while a user works (the inversion cache, the attention maps of the last run)
+lives in ``gr.State``, which Gradio keeps per browser session, so two users never see each other's results.
 
-Run it with ``editkit ui --model PATH_OR_HUB_ID`` or ``python -m apps.ui --model ...``.
+Progress comes from :mod:`editkit.progress`: every step of every loop (inversion, null-text optimisation,
+sampling) reports to the page with the stage named and the time left in it. Cancel sets a flag of the
+session that the reporter reads at the next step and answers with :class:`editkit.progress.Cancelled`, so the
+run stops there and frees the model. Downloads are written to one folder per session, removed when the tab
+closes (``demo.unload``) or the app closes.
+
+Run it with ``editkit-ui --model PATH_OR_HUB_ID`` (or ``python -m apps.ui --model ...``).
 """
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import logging
+import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .editing import (
-    INVERSION_METHODS,
-    InputError,
-    InversionCache,
-    Outcome,
-    P2PSettings,
-    parse_reweight,
-    words_of,
-)
+import gradio as gr
+
+from editkit import jobs
+from editkit.jobs import INVERSION_COST, INVERSION_METHODS, InputError, InversionCache, Outcome, P2PSettings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 REWEIGHT_ROWS = 3  # word + strength rows offered for attention re-weighting
+MAX_TARGETS_PICK = 4  # re-weight rows can name one of the first few targets
 RUN_GROUP = "editkit-pipeline"  # every run event shares this concurrency group (size 1)
+OWNER = "editkit-ui"  # safeio ownership mark of the download folders
+HEATMAP_PX = 384  # width of the token heatmap in the page
 
 
 @dataclass
@@ -48,7 +55,7 @@ class LoadedModel:
     name: str
     pipe: object | None = None
     error: str | None = None
-    lock: threading.Lock = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def load(cls, model, device=None, dtype=None) -> LoadedModel:
@@ -57,9 +64,9 @@ class LoadedModel:
         name = model if isinstance(model, str) else type(model).__name__
         try:
             pipe = load_pipeline(model, device=device, dtype=dtype)
-        except (ModelNotFoundError, TypeError) as e:
-            return cls(name=str(name), error=str(e), lock=threading.Lock())
-        return cls(name=str(name), pipe=pipe, lock=threading.Lock())
+        except (ModelNotFoundError, TypeError, ValueError) as e:
+            return cls(name=str(name), error=str(e))
+        return cls(name=str(name), pipe=pipe)
 
     def describe(self) -> str:
         if self.pipe is None:
@@ -67,6 +74,44 @@ class LoadedModel:
         device = self.pipe.device
         dtype = str(self.pipe.unet.dtype).replace("torch.", "")
         return f"Model: `{self.name}` ({type(self.pipe).__name__}) on **{device}** in **{dtype}**."
+
+
+class Sessions:
+    """Per browser session: a cancel flag and a download folder (created on first use, removed on unload)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cancel: dict[str, threading.Event] = {}
+        self._folders: dict[str, Path] = {}
+
+    def cancel_event(self, session: str) -> threading.Event:
+        with self._lock:
+            return self._cancel.setdefault(session, threading.Event())
+
+    def folder(self, session: str) -> Path:
+        from safeio import make_owned_dir
+
+        with self._lock:
+            if session not in self._folders:
+                path = Path(tempfile.mkdtemp(prefix="editkit-ui-"))
+                self._folders[session] = make_owned_dir(path, OWNER)
+            return self._folders[session]
+
+    def close(self, session: str) -> None:
+        from safeio import OwnershipError, remove_owned_dir
+
+        with self._lock:
+            self._cancel.pop(session, None)
+            folder = self._folders.pop(session, None)
+        if folder is not None:
+            try:
+                remove_owned_dir(folder, OWNER)
+            except (OwnershipError, OSError) as e:
+                log.warning("could not remove %s: %s", folder, e)
+
+    def close_all(self) -> None:
+        for session in list(self._folders):
+            self.close(session)
 
 
 def _status_ok(outcome: Outcome, seconds: float) -> str:
@@ -79,37 +124,23 @@ def _status_ok(outcome: Outcome, seconds: float) -> str:
 
 
 def _status_error(message: str) -> str:
-    return f"**Could not edit:** {message}"
+    return f"**Could not edit:** {message} _(The previous result stays on screen.)_"
 
 
-def _save_outputs(outcome: Outcome, labels: list[str]) -> list[str]:
-    """Write the images of one run to a fresh temporary folder, for the download box."""
-    folder = Path(tempfile.mkdtemp(prefix="editkit-ui-"))
+def _save_outputs(outcome: Outcome, labels: list[str], folder: Path) -> list[str]:
+    """Write the images of one run (and the full heatmap grids) to the session's folder, for the download box."""
+    from safeio import atomic_path
+
+    for old in folder.glob("*.png"):  # Gradio has copied the previous run's files into its own cache
+        old.unlink(missing_ok=True)
     paths = []
-    for label, image in zip(labels, [outcome.source, *outcome.targets], strict=True):
+    images = [*zip(labels, [outcome.source, *outcome.targets], strict=True)]
+    images += [(f"heatmaps_{caption.split(':')[0]}", grid) for caption, grid in outcome.heatmaps]
+    for label, image in images:
         paths.append(folder / f"{label.replace(' ', '_')}.png")
-        image.save(paths[-1])
-    for k, (_, image) in enumerate(outcome.heatmaps):
-        paths.append(folder / f"heatmap_{k}.png")
-        image.save(paths[-1])
+        with atomic_path(paths[-1]) as tmp:
+            image.save(tmp, format="PNG")
     return [str(p) for p in paths]
-
-
-def stack_heatmaps(heatmaps):
-    """All prompts' token grids in one image, one captioned row per prompt (wide grids fit an image box)."""
-    from PIL import Image, ImageDraw
-
-    if not heatmaps:
-        return None
-    bar = 18
-    width = max(img.width for _, img in heatmaps)
-    canvas = Image.new("RGB", (width, sum(img.height + bar for _, img in heatmaps)), "white")
-    draw, y = ImageDraw.Draw(canvas), 0
-    for caption, img in heatmaps:
-        draw.text((4, y + 3), caption, fill="black")
-        canvas.paste(img.convert("RGB"), (0, y + bar))
-        y += img.height + bar
-    return canvas
 
 
 def _result_gallery(outcome: Outcome, target_prompts: list[str]):
@@ -123,6 +154,41 @@ def _targets(text: str) -> list[str]:
     return [t.strip() for t in (text or "").splitlines() if t.strip()]
 
 
+def _seed(value):
+    return None if value is None or value < 0 else int(value)
+
+
+class _Reporter:
+    """editkit.progress reporter: page progress with the stage and time left; Cancelled when asked to stop."""
+
+    def __init__(self, progress, cancel: threading.Event):
+        self.progress, self.cancel = progress, cancel
+        self.stage, self.started, self.last = None, 0.0, (None, 0, 0)
+
+    def __call__(self, stage: str, step: int, total: int) -> None:
+        from editkit.progress import Cancelled
+
+        if self.cancel.is_set():
+            raise Cancelled()
+        now = time.perf_counter()
+        if stage != self.stage or step <= 1:
+            self.stage, self.started = stage, now
+        self.last = (stage, step, total)
+        done = max(step - 1, 0) if step > 1 else 0
+        left = (now - self.started) / done * (total - step + 1) if done else None
+        eta = f", about {left:.0f} s left in this stage" if left is not None else ""
+        self.progress((step, total), desc=f"{stage}: step {step} of {total}{eta}")
+
+
+def _tokens(entry) -> list[str]:
+    return [f"{i}: {tok}" for i, tok in enumerate(entry.tokens)]
+
+
+def _default_token(entry) -> int:
+    """The first word of the prompt (after the start token)."""
+    return 1 if len(entry.tokens) > 2 else 0
+
+
 def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: int = 50, title: str = "editkit"):
     """Build the editing UI (a ``gr.Blocks``); the model is loaded here, once.
 
@@ -132,38 +198,58 @@ def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: in
         dtype: default fp16 on CUDA, fp32 on CPU.
         default_steps: initial value of the steps sliders.
     """
-    import gradio as gr
+    from editkit.progress import Cancelled, reporting
 
     loaded = LoadedModel.load(model, device=device, dtype=dtype)
+    sessions = Sessions()
 
-    def guarded(run, n_outputs: int):
-        """Run an edit under the model lock; turn every failure into a status message (the app keeps going)."""
+    def guarded(run, outputs: dict):
+        """Run an edit under the model lock with live progress; a failure is said in the status line and
+        leaves the previous result on screen (the app keeps going)."""
+        status, gallery, files, maps_state = outputs["status"], outputs["gallery"], outputs["files"], outputs.get("maps")
+        picker = outputs.get("picker")
 
-        def wrapper(*args, progress=gr.Progress(track_tqdm=True)):
+        def unchanged(message):  # only the status changes: the last good result stays on screen
+            return {status: message}
+
+        def wrapper(values: dict, request: gr.Request, progress=gr.Progress()):
             if loaded.pipe is None:
-                return (_status_error(f"no model is loaded.\n\n```\n{loaded.error}\n```"),) + (None,) * n_outputs
+                return unchanged(_status_error(f"no model is loaded.\n\n```\n{loaded.error}\n```"))
+            session = request.session_hash or "anonymous"
+            cancel = sessions.cancel_event(session)
+            cancel.clear()
+            reporter = _Reporter(progress, cancel)
             start = time.perf_counter()
             try:
-                with loaded.lock:
+                with loaded.lock, reporting(reporter):
                     progress(0, desc="Starting")
-                    outcome, prompts = run(*args)
+                    outcome, prompts = run(values)
+            except Cancelled:
+                stage, step, total = reporter.last
+                where = f" at {stage} step {step} of {total}" if stage else ""
+                return unchanged(f"**Cancelled**{where}. The previous result stays on screen.")
             except InputError as e:
-                gr.Warning(str(e))
-                return (_status_error(str(e)),) + (None,) * n_outputs
+                return unchanged(_status_error(str(e)))
             except Exception as e:  # noqa: BLE001 - the page must survive any failure and say what happened
                 log.exception("edit failed")
-                return (_status_error(f"{type(e).__name__}: {e}"),) + (None,) * n_outputs
+                return unchanged(_status_error(f"{type(e).__name__}: {e}"))
             labels = ["source"] + [f"target_{k}" for k in range(len(outcome.targets))]
-            status = _status_ok(outcome, time.perf_counter() - start)
-            heatmaps = stack_heatmaps(outcome.heatmaps)
-            files = _save_outputs(outcome, labels)
-            if n_outputs == 3:
-                return status, _result_gallery(outcome, prompts), heatmaps, files
-            return status, _result_gallery(outcome, prompts), files
+            out = {
+                status: _status_ok(outcome, time.perf_counter() - start),
+                gallery: _result_gallery(outcome, prompts),
+                files: _save_outputs(outcome, labels, sessions.folder(session)),
+            }
+            if maps_state is not None:
+                out[maps_state] = outcome.attention
+                out.update(_picker_updates(gr, picker, outcome.attention))
+            return out
 
         return wrapper
 
-    with gr.Blocks(title=title) as app:
+    def cancel_run(request: gr.Request):
+        sessions.cancel_event(request.session_hash or "anonymous").set()
+
+    with gr.Blocks(title=title, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# {title}: training-free image editing")
         gr.Markdown(loaded.describe(), elem_id="model-info")
         sessions_cache = gr.State(InversionCache())
@@ -180,7 +266,7 @@ def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: in
                                               elem_id="gen-target")
                         g_p2p = _p2p_controls(gr, "gen")
                         g_sampling = _sampling_controls(gr, "gen", default_steps)
-                        g_run = gr.Button("Generate and edit", variant="primary", elem_id="gen-run")
+                        g_run, g_cancel = _run_buttons(gr, "gen", "Generate and edit")
                     with gr.Column(scale=2):
                         g_out = _outputs(gr, "gen", heatmaps=True)
 
@@ -188,19 +274,19 @@ def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: in
             with gr.Tab("Edit a photo (P2P)", id="photo-p2p"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        p_image = gr.Image(label="Photo", type="pil", sources=["upload", "clipboard"],
-                                           elem_id="p2p-image")
+                        p_photo = _photo_input(gr, "p2p")
                         p_source = gr.Textbox(label="Source prompt (describes the photo)",
                                               placeholder="a cat sitting on a table", elem_id="p2p-source")
                         p_target = gr.Textbox(label="Target prompt(s), one per line", lines=2,
                                               placeholder="a dog sitting on a table", elem_id="p2p-target")
                         p_inversion = gr.Radio(list(INVERSION_METHODS), value="null-text", label="Inversion",
-                                               info="null-text: most faithful, slowest; negative-prompt and "
-                                               "direct: fast; ddim: plain DDIM inversion",
+                                               info="Time of inversion + edit relative to DDIM, measured on the tiny test model (benchmarks/"
+                                               "bench_inversion_cost.py): "
+                                               + "; ".join(f"{m}: {INVERSION_COST[m]}" for m in INVERSION_METHODS),
                                                elem_id="p2p-inversion")
                         p_p2p = _p2p_controls(gr, "p2p")
                         p_sampling = _sampling_controls(gr, "p2p", default_steps)
-                        p_run = gr.Button("Edit photo", variant="primary", elem_id="p2p-run")
+                        p_run, p_cancel = _run_buttons(gr, "p2p", "Edit photo")
                     with gr.Column(scale=2):
                         p_out = _outputs(gr, "p2p", heatmaps=True)
 
@@ -208,8 +294,7 @@ def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: in
             with gr.Tab("Edit a photo (PnP)", id="photo-pnp"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        n_image = gr.Image(label="Photo", type="pil", sources=["upload", "clipboard"],
-                                           elem_id="pnp-image")
+                        n_photo = _photo_input(gr, "pnp")
                         n_target = gr.Textbox(label="Target prompt", placeholder="a watercolor painting of a cat",
                                               elem_id="pnp-target")
                         n_source = gr.Textbox(label="Source prompt (optional; empty is what PnP uses)",
@@ -220,61 +305,148 @@ def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: in
                             n_at = gr.Slider(0, 1, value=0.5, step=0.05, label="Self-attention injection (pnp_attn_t)",
                                              info="fraction of the steps with the source's self-attention")
                         n_sampling = _sampling_controls(gr, "pnp", default_steps)
-                        n_run = gr.Button("Edit photo", variant="primary", elem_id="pnp-run")
+                        n_run, n_cancel = _run_buttons(gr, "pnp", "Edit photo")
                     with gr.Column(scale=2):
                         n_out = _outputs(gr, "pnp", heatmaps=False)
 
         # ---------------------------------------------------------------- handlers
-        from . import editing
-
-        def run_generate(source, target, *rest):
-            settings, (steps, guidance, seed) = _read_p2p(rest[:-3]), rest[-3:]
-            targets = _targets(target)
-            outcome = editing.generate(loaded.pipe, source, targets, settings, steps=steps, guidance=guidance,
-                                       seed=_seed(seed))
+        def run_generate(v):
+            targets = _targets(v[g_target])
+            outcome = jobs.generate(loaded.pipe, v[g_source], targets, _read_p2p(v, g_p2p, len(targets)),
+                                    **_read_sampling(v, g_sampling))
             return outcome, targets
 
-        def run_photo_p2p(image, source, target, inversion, cache, *rest):
-            settings, (steps, guidance, seed) = _read_p2p(rest[:-3]), rest[-3:]
-            targets = _targets(target)
-            outcome = editing.edit_photo_p2p(loaded.pipe, image, source, targets, settings, inversion=inversion,
-                                             steps=steps, guidance=guidance, seed=_seed(seed), cache=cache)
+        def run_photo_p2p(v):
+            targets = _targets(v[p_target])
+            outcome = jobs.edit_photo_p2p(loaded.pipe, v[p_photo["file"]], v[p_source], targets,
+                                          _read_p2p(v, p_p2p, len(targets)), inversion=v[p_inversion],
+                                          keep_aspect=bool(v[p_photo["keep"]]), cache=v[sessions_cache],
+                                          **_read_sampling(v, p_sampling))
             return outcome, targets
 
-        def run_photo_pnp(image, target, source, f_t, attn_t, cache, steps, guidance, seed):
-            outcome = editing.edit_photo_pnp(loaded.pipe, image, target, source=source, feature_threshold=f_t,
-                                             attention_threshold=attn_t, steps=steps, guidance=guidance,
-                                             seed=_seed(seed), cache=cache)
-            return outcome, [target]
+        def run_photo_pnp(v):
+            outcome = jobs.edit_photo_pnp(loaded.pipe, v[n_photo["file"]], v[n_target], source=v[n_source],
+                                          feature_threshold=v[n_ft], attention_threshold=v[n_at],
+                                          keep_aspect=bool(v[n_photo["keep"]]), cache=v[sessions_cache],
+                                          **_read_sampling(v, n_sampling))
+            return outcome, [v[n_target]]
+
+        def components(*groups) -> set:
+            out = set()
+            for g in groups:
+                out |= set(g.values()) if isinstance(g, dict) else set(g) if isinstance(g, list) else {g}
+            return out
 
         events = [
-            (g_run, run_generate, [g_source, g_target, *g_p2p, *g_sampling], g_out),
-            (p_run, run_photo_p2p, [p_image, p_source, p_target, p_inversion, sessions_cache, *p_p2p, *p_sampling],
-             p_out),
-            (n_run, run_photo_pnp, [n_image, n_target, n_source, n_ft, n_at, sessions_cache, *n_sampling], n_out),
+            (g_run, g_cancel, run_generate, components(g_source, g_target, g_p2p, g_sampling), g_out),
+            (p_run, p_cancel, run_photo_p2p, components(p_photo["file"], p_photo["keep"], p_source, p_target,
+                                                        p_inversion, sessions_cache, p_p2p, p_sampling), p_out),
+            (n_run, n_cancel, run_photo_pnp, components(n_photo["file"], n_photo["keep"], n_target, n_source, n_ft,
+                                                        n_at, sessions_cache, n_sampling), n_out),
         ]
-        for button, fn, inputs, outputs in events:
-            button.click(guarded(fn, len(outputs) - 1), inputs=inputs, outputs=outputs,
-                         concurrency_limit=1, concurrency_id=RUN_GROUP)
+        for button, cancel, fn, inputs, outputs in events:
+            out_list = [c for c in outputs.values() if c is not None and not isinstance(c, dict)]
+            out_list += list(outputs["picker"].values()) if "picker" in outputs else []
+            button.click(guarded(fn, outputs), inputs=inputs, outputs=out_list, concurrency_limit=1,
+                         concurrency_id=RUN_GROUP)
+            cancel.click(cancel_run, inputs=None, outputs=None, queue=False)
+        for photo in (p_photo, n_photo):
+            photo["file"].change(_describe_photo, inputs=[photo["file"], photo["keep"]],
+                                 outputs=[photo["preview"], photo["note"]], queue=False)
+            photo["keep"].change(_describe_photo, inputs=[photo["file"], photo["keep"]],
+                                 outputs=[photo["preview"], photo["note"]], queue=False)
+        for out in (g_out, p_out):
+            picker = out["picker"]
+            picker["prompt"].change(_on_prompt(gr, picker), inputs=[out["maps"], picker["prompt"]],
+                                    outputs=list(picker.values()), queue=False)
+            picker["token"].input(_show_token, inputs=[out["maps"], picker["prompt"], picker["token"]],
+                                  outputs=[picker["image"]], queue=False)
+
+        def close_session(request: gr.Request):
+            sessions.close(request.session_hash or "anonymous")
+
+        app.unload(close_session)
     app.editkit_model = loaded  # for tests and launchers: what was loaded, or why not
+    app.editkit_sessions = sessions
     return app
 
 
-def _seed(value):
-    return None if value is None or value < 0 else int(value)
+def _picker_updates(gr, picker, maps, label=None) -> dict:
+    """Prompt choices, token choices and the map of the chosen token, after a run or a prompt change."""
+    if not maps:
+        return {picker["prompt"]: gr.update(choices=[], value=None), picker["token"]: gr.update(choices=[], value=None),
+                picker["image"]: None}
+    entry = next((m for m in maps if m.label == label), maps[-1])
+    token = _default_token(entry)
+    return {
+        picker["prompt"]: gr.update(choices=[m.label for m in maps], value=entry.label),
+        picker["token"]: gr.update(choices=_tokens(entry), value=_tokens(entry)[token]),
+        picker["image"]: jobs.token_heatmap(entry, token, size=HEATMAP_PX),
+    }
 
 
-def _read_p2p(values) -> P2PSettings:
-    """The values of :func:`_p2p_controls`' components, in order, as settings."""
-    kind, cross, self_, blend_src, blend_tgt, *rows = values
-    pairs = [(rows[2 * k], rows[2 * k + 1]) for k in range(REWEIGHT_ROWS)]
+def _on_prompt(gr, picker):
+    def on_prompt(maps, label):
+        return _picker_updates(gr, picker, maps, label)
+
+    return on_prompt
+
+
+def _show_token(maps, label, token):
+    if not maps or token is None:
+        return None
+    entry = next((m for m in maps if m.label == label), maps[-1])
+    return jobs.token_heatmap(entry, int(str(token).split(":", 1)[0]), size=HEATMAP_PX)
+
+
+def _describe_photo(path, keep_aspect):
+    """Preview and a plain note for an upload: what is wrong with it, or how it will be cropped."""
+    if path is None:
+        return None, ""
+    try:
+        image = jobs.open_photo(path)
+    except InputError as e:
+        return None, f"**Cannot use this file:** {e}"
+    preview = image.convert("RGB")
+    preview.thumbnail((512, 512))
+    return preview, jobs.crop_note(image, bool(keep_aspect))
+
+
+def _read_sampling(v, controls) -> dict:
+    steps, guidance, seed = controls
+    return dict(steps=v[steps], guidance=v[guidance], seed=_seed(v[seed]))
+
+
+def _read_p2p(v, controls, n_targets: int) -> P2PSettings:
+    """The values of :func:`_p2p_controls`' components as settings, with each target's own words."""
+    kind, cross, self_, blend_src, blend_tgt, *rows = controls
+    blend_lines = [words_of_line for words_of_line in (v[blend_tgt] or "").splitlines() if words_of_line.strip()]
+    if len(blend_lines) > 1 and len(blend_lines) != n_targets:
+        raise InputError(f"Local blend target words: {len(blend_lines)} lines for {n_targets} target prompts; "
+                         "write one line per target (or one line for all).")
+    per_target = [jobs.TargetWords(blend=jobs.words_of(blend_lines[k] if len(blend_lines) > 1 else
+                                                        (blend_lines[0] if blend_lines else "")))
+                  for k in range(n_targets)]
+    for k in range(REWEIGHT_ROWS):
+        word, strength, which = (v[c] for c in rows[3 * k: 3 * k + 3])
+        weights = jobs.parse_reweight([(word, strength)])
+        if not weights:
+            continue
+        if which == "all targets":
+            chosen = range(n_targets)
+        else:
+            index = int(which.split()[-1]) - 1
+            if index >= n_targets:
+                raise InputError(f"Re-weight row {k + 1} names {which}, but there are {n_targets} target prompts.")
+            chosen = [index]
+        for i in chosen:
+            per_target[i].reweight.update(weights)
     return P2PSettings(
-        kind=kind,
-        cross_replace=float(cross),
-        self_replace=float(self_),
-        reweight=parse_reweight(pairs),
-        blend_source=words_of(blend_src),
-        blend_target=words_of(blend_tgt),
+        kind=v[kind],
+        cross_replace=float(v[cross]),
+        self_replace=float(v[self_]),
+        blend_source=jobs.words_of(v[blend_src]),
+        per_target=per_target,
     )
 
 
@@ -289,13 +461,17 @@ def _p2p_controls(gr, prefix: str) -> list:
         with gr.Row():
             blend_src = gr.Textbox(label="Local blend: source words", placeholder="cat",
                                    info="only the region of these words changes", elem_id=f"{prefix}-blend-src")
-            blend_tgt = gr.Textbox(label="Local blend: target words", placeholder="dog", elem_id=f"{prefix}-blend-tgt")
+            blend_tgt = gr.Textbox(label="Local blend: target words", placeholder="dog", lines=2,
+                                   info="one line per target prompt (one line: the same for all)",
+                                   elem_id=f"{prefix}-blend-tgt")
     rows = []
+    choices = ["all targets"] + [f"target {k + 1}" for k in range(MAX_TARGETS_PICK)]
     with gr.Accordion("Re-weight words (attention strength)", open=False):
         for k in range(REWEIGHT_ROWS):
             with gr.Row():
                 rows.append(gr.Textbox(label=f"Word {k + 1}", placeholder="smiling", elem_id=f"{prefix}-rw-word-{k}"))
                 rows.append(gr.Slider(-2, 5, value=1.0, step=0.1, label="Strength", elem_id=f"{prefix}-rw-strength-{k}"))
+                rows.append(gr.Dropdown(choices, value="all targets", label="In", elem_id=f"{prefix}-rw-target-{k}"))
     return [kind, cross, self_, blend_src, blend_tgt, *rows]
 
 
@@ -307,16 +483,60 @@ def _sampling_controls(gr, prefix: str, default_steps: int) -> list:
     return [steps, guidance, seed]
 
 
-def _outputs(gr, prefix: str, heatmaps: bool) -> list:
+def _run_buttons(gr, prefix: str, label: str):
+    with gr.Row():
+        run = gr.Button(label, variant="primary", elem_id=f"{prefix}-run", scale=3)
+        cancel = gr.Button("Cancel", variant="stop", elem_id=f"{prefix}-cancel", scale=1)
+    return run, cancel
+
+
+def _photo_input(gr, prefix: str) -> dict:
+    """An upload box we check ourselves (Gradio's image input fails on unreadable files with a bare
+    'Error'), a preview, a note saying what is wrong or how the photo will be cropped, and the aspect choice."""
+    file = gr.File(label="Photo (PNG, JPEG, WebP, ...)", file_types=["image"], type="filepath",
+                   elem_id=f"{prefix}-image")
+    preview = gr.Image(label="Preview", type="pil", interactive=False, height=256, elem_id=f"{prefix}-preview")
+    note = gr.Markdown("", elem_id=f"{prefix}-photo-note")
+    keep = gr.Checkbox(False, label="Keep aspect ratio (no centre crop; longer side at the model's size)",
+                       elem_id=f"{prefix}-keep-aspect")
+    return {"file": file, "preview": preview, "note": note, "keep": keep}
+
+
+def _outputs(gr, prefix: str, heatmaps: bool) -> dict:
     status = gr.Markdown("", elem_id=f"{prefix}-status")
     result = gr.Gallery(label="Source and edited", columns=2, height="auto", object_fit="contain",
                         elem_id=f"{prefix}-result")
-    outs = [status, result]
+    outs = {"status": status, "gallery": result}
     if heatmaps:
-        outs.append(gr.Image(label="Cross-attention per token (one row per prompt)", type="pil", interactive=False,
-                             elem_id=f"{prefix}-heatmaps"))
-    outs.append(gr.File(label="Download", file_count="multiple", interactive=False, elem_id=f"{prefix}-files"))
+        with gr.Accordion("Cross-attention heatmaps", open=True):
+            with gr.Row():
+                prompt = gr.Dropdown([], label="Prompt", elem_id=f"{prefix}-map-prompt", scale=1)
+                token = gr.Dropdown([], label="Token", elem_id=f"{prefix}-map-token", scale=1)
+            image = gr.Image(label="Attention of the chosen token over the image", type="pil", interactive=False,
+                             width=HEATMAP_PX, elem_id=f"{prefix}-token-map")
+        outs["maps"] = gr.State([])
+        outs["picker"] = {"prompt": prompt, "token": token, "image": image}
+    outs["files"] = gr.File(label="Download (images, and every token's map in one grid per prompt)",
+                            file_count="multiple", interactive=False, elem_id=f"{prefix}-files")
     return outs
+
+
+def _is_local(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_auth(text: str | None):
+    if text is None:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth takes USER:PASSWORD, e.g. --auth alice:s3cret")
+    return (user, password)
 
 
 def launch(
@@ -325,6 +545,7 @@ def launch(
     host: str = "127.0.0.1",
     port: int | None = None,
     share: bool = False,
+    auth: tuple[str, str] | None = None,
     device=None,
     dtype=None,
     default_steps: int = 50,
@@ -332,20 +553,49 @@ def launch(
     **launch_kwargs,
 ):
     """Build the app and serve it (``block=False`` returns at once, for tests and notebooks)."""
+    if not _is_local(host) and auth is None:
+        print(f"editkit-ui: warning: serving on {host} without a password: anyone who can reach this machine can "
+              "use it. Pass --auth USER:PASSWORD.", file=sys.stderr)
     app = build_app(model, device=device, dtype=dtype, default_steps=default_steps)
     app.queue()
-    app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=not block,
+    # quiet: Gradio's own banner advises `share=True` in `launch()`; our flag is --share, said below
+    app.launch(server_name=host, server_port=port, share=share, auth=auth, prevent_thread_lock=True, quiet=True,
                footer_links=[], **launch_kwargs)
+    print(f"editkit-ui: serving on {app.local_url}", file=sys.stderr)
+    if share and app.share_url:
+        print(f"editkit-ui: public link {app.share_url}", file=sys.stderr)
+    elif block:
+        print("editkit-ui: pass --share for a public gradio.live link; Ctrl-C stops", file=sys.stderr)
+    if block:
+        try:
+            app.block_thread()
+        finally:
+            app.editkit_sessions.close_all()
     return app
 
 
-if __name__ == "__main__":
-    import argparse
+def main(argv=None) -> int:
+    """Entry point of the ``editkit-ui`` console script."""
+    parser = argparse.ArgumentParser(prog="editkit-ui", description="The editkit editing UI (Gradio).")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id, diffusers folder or checkpoint file")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: other machines)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, mps (default: CUDA when available)")
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="ask for this login in the browser")
+    parser.add_argument("--steps", type=int, default=50, help="initial value of the steps sliders")
+    args = parser.parse_args(argv)
+    try:
+        auth = _parse_auth(args.auth)
+        from editkit.models import check_device
 
-    parser = argparse.ArgumentParser(description="The editkit editing UI (same as `editkit ui`).")
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=None)
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args()
-    launch(args.model, host=args.host, port=args.port, device=args.device)
+        check_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
+    launch(args.model, host=args.host, port=args.port, share=args.share, auth=auth, device=args.device,
+           default_steps=args.steps, block=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

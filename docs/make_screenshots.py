@@ -66,7 +66,7 @@ def main():
     if chromium is None:
         sys.exit("chromium is not installed: apt-get install chromium")
 
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     from apps.ui import build_app
     from editkit.testing import save_tiny_pipeline
@@ -101,6 +101,7 @@ def main():
             # 2. A photo with Prompt-to-Prompt after inversion
             page.get_by_role("tab", name="Edit a photo (P2P)").click()
             page.locator("#p2p-image input[type=file]").set_input_files(str(photo))
+            expect(page.locator("#p2p-photo-note")).to_contain_text("px")
             fill(page, "p2p-source", "a red apple on a green mountain")
             fill(page, "p2p-target", "a red cake on a green mountain")
             page.locator("#p2p-inversion").get_by_text("negative-prompt", exact=True).click()
@@ -110,6 +111,7 @@ def main():
             # 3. A photo with Plug-and-Play
             page.get_by_role("tab", name="Edit a photo (PnP)").click()
             page.locator("#pnp-image input[type=file]").set_input_files(str(photo))
+            expect(page.locator("#pnp-photo-note")).to_contain_text("px")
             fill(page, "pnp-target", "a watercolor painting of a snowy mountain")
             run(page, "pnp")
             page.screenshot(path=str(args.out / "ui_photo_pnp.png"), full_page=True)

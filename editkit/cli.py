@@ -1,10 +1,12 @@
-"""The ``editkit`` command: edit photos, generate-and-edit, or serve the editing UI.
+"""The ``editkit`` command: edit photos, or generate an image and edit it.
 
     editkit edit cat.jpg --source "a cat sitting on a table" --target "a dog sitting on a table"
     editkit edit cat.jpg --method pnp --target "a watercolor painting of a cat"
     editkit edit a.jpg b.jpg --pairs prompts.tsv --heatmaps --output out/
     editkit generate --source "a cat riding a bicycle" --target "a dog riding a bicycle"
-    editkit ui --model /models/sd15
+
+The editing UI is its own command, ``editkit-ui --model /models/sd15`` (``python -m apps.ui``): the library
+never imports the app. ``editkit ui`` says so and exits with 2.
 
 Every option is documented in ``editkit COMMAND --help``. The paths of the written images are printed on
 stdout, one per line (messages go to stderr), so scripts can collect them.
@@ -14,8 +16,13 @@ Exit codes, for scripts:
     0  everything was written
     1  an unexpected internal error (a bug: please report it with the message)
     2  bad usage or input: unknown option, missing prompt or image, unreadable image, a word swap whose
-       prompts differ in length, a word that is not in the prompt, a malformed pairs file
-    3  model not found: no weights at --model (the message says how to point at a model)
+       prompts differ in length, a word that is not in the prompt, a malformed pairs file, an unknown
+       --device, an --output folder that cannot be written
+    3  model not found: no weights at --model, an incomplete model folder or unreadable weights (the message
+       says how to point at a model)
+
+Everything that does not need the model (prompts, words, pairs file, device, output folder, images) is
+checked before the model is loaded.
     130  interrupted (Ctrl-C)
 
 Batch form: ``--pairs FILE`` takes one edit per line instead of ``--source`` / ``--target``, either
@@ -26,6 +33,7 @@ to every image, and the inversion of an image is computed once per source prompt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -35,6 +43,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
+
+from editkit.inversion import METHODS as INVERSION_METHODS
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -104,15 +114,19 @@ class Edit(P2POptions):
     """Edit real photos with Prompt-to-Prompt (after inversion) or Plug-and-Play."""
 
     images: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="IMAGE")]] = ()
-    """The photos to edit (PNG, JPEG, ...); they are center-cropped and resized to the model's resolution."""
+    """The photos to edit (PNG, JPEG, ...); they are centre-cropped to a square and resized to the model's
+    resolution (see --keep-aspect)."""
     method: Literal["p2p", "pnp"] = "p2p"
     """Editing method: 'p2p' (Prompt-to-Prompt on an inversion) or 'pnp' (Plug-and-Play)."""
-    inversion: Literal["null-text", "negative-prompt", "ddim", "direct"] = "null-text"
-    """Inversion for p2p: 'null-text' (most faithful, slowest), 'negative-prompt' and 'direct' (fast), 'ddim'."""
+    inversion: Literal[INVERSION_METHODS] = "null-text"
+    """Inversion for p2p: 'null-text' (most faithful; 6-17x the time of DDIM on the tiny test model), 'negative-prompt' and
+    'direct' (fast), 'ddim' (fast, drifts)."""
     pnp_f_t: float = 0.8
     """Plug-and-Play: fraction of the steps in which the source's ResNet features are injected (0..1)."""
     pnp_attn_t: float = 0.5
     """Plug-and-Play: fraction of the steps in which the source's self-attention is injected (0..1)."""
+    keep_aspect: bool = False
+    """Keep the photos' aspect ratio (longer side at the model's size) instead of centre-cropping a square."""
 
 
 @dataclass(kw_only=True)
@@ -120,29 +134,16 @@ class Generate(P2POptions):
     """Generate an image from the source prompt and edit it into the target prompt(s) with Prompt-to-Prompt."""
 
 
-@dataclass(kw_only=True)
-class Ui(ModelOptions):
-    """Serve the editing UI (Gradio) in the browser."""
-
-    host: str = "127.0.0.1"
-    """Address to listen on (0.0.0.0 to serve other machines)."""
-    port: int | None = None
-    """Port to listen on (default: Gradio's, 7860 or the next free one)."""
-    share: bool = False
-    """Create a public gradio.live link."""
-    steps: int = 50
-    """Initial value of the steps sliders."""
-
-
 Command = (
     Annotated[Edit, tyro.conf.subcommand("edit")]
     | Annotated[Generate, tyro.conf.subcommand("generate")]
-    | Annotated[Ui, tyro.conf.subcommand("ui")]
 )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
+
+UI_POINTER = "editkit: the editing UI is its own command: editkit-ui --model PATH_OR_HUB_ID (see editkit-ui --help)"
 
 
 def _say(opts, message: str) -> None:
@@ -161,6 +162,8 @@ def read_pairs(path: Path) -> list[tuple[str, list[str]]]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot read the pairs file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise UsageError(f"the pairs file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     pairs = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -171,14 +174,25 @@ def read_pairs(path: Path) -> list[tuple[str, list[str]]]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UsageError(f"{where}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise UsageError(f"{where}: expected a JSON object with 'source' and 'target' or 'targets'")
             targets = row.get("targets", row.get("target"))
-            targets = [targets] if isinstance(targets, str) else list(targets or [])
+            if isinstance(targets, str):
+                targets = [targets]
+            elif targets is None:
+                targets = []
+            elif not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+                key = "targets" if "targets" in row else "target"
+                raise UsageError(f"{where}: '{key}' must be a prompt or a list of prompts (strings), "
+                                 f"got {json.dumps(targets)[:60]}")
             source = row.get("source", "")
+            if not isinstance(source, str):
+                raise UsageError(f"{where}: 'source' must be a prompt (a string), got {json.dumps(source)[:60]}")
         else:
             source, *targets = [c.strip() for c in line.split("\t")]
-        if not source or not any(t.strip() for t in targets):
+        if not source.strip() or not any(t.strip() for t in targets):
             raise UsageError(f"{where}: needs a source and at least one target prompt (TAB-separated or JSON)")
-        pairs.append((source, [t for t in targets if t.strip()]))
+        pairs.append((source.strip(), [t.strip() for t in targets if t.strip()]))
     if not pairs:
         raise UsageError(f"{path} has no prompt pairs")
     return pairs
@@ -197,7 +211,7 @@ def _prompt_pairs(opts: P2POptions) -> list[tuple[str, list[str]]]:
 
 
 def _p2p_settings(opts: P2POptions):
-    from apps.editing import P2PSettings, parse_reweight
+    from editkit.jobs import P2PSettings, parse_reweight
 
     return P2PSettings(
         kind=opts.edit,
@@ -209,21 +223,68 @@ def _p2p_settings(opts: P2POptions):
     )
 
 
+def _check_run(opts: SamplingOptions) -> None:
+    """What every command can check before loading the model: sampling values, device, output folder."""
+    from editkit.jobs import check_sampling
+    from editkit.models import check_device
+
+    check_sampling(opts.steps, opts.guidance)
+    check_device(opts.device)
+    _check_output(opts.output)
+
+
+def _check_output(folder: Path) -> None:
+    """Create the output folder (and only it) and prove it takes files, before any work is done."""
+    import tempfile
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--output {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".editkit-write-test-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--output {folder} cannot be written: {e.strerror or e}") from e
+
+
 def _seed(seed: int):
     return None if seed < 0 else seed
+
+
+@contextlib.contextmanager
+def _loading_bars(show: bool):
+    """diffusers' and transformers' loading progress bars, off with --quiet (restored afterwards)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    modules = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
+    if not show:
+        for m in modules:
+            m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not show:
+            for m in modules:
+                m.enable_progress_bar()
 
 
 def _load(opts: ModelOptions):
     from editkit import load_pipeline
 
     _say(opts, f"loading {opts.model} ...")
-    pipe = load_pipeline(opts.model, device=opts.device)
+    with _loading_bars(not getattr(opts, "quiet", False)):
+        pipe = load_pipeline(opts.model, device=opts.device)
     _say(opts, f"model on {pipe.device} in {str(pipe.unet.dtype).replace('torch.', '')}")
     return pipe
 
 
 def _write(image, path: Path, written: list[Path]) -> None:
-    image.save(path)
+    from safeio import atomic_path
+
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     written.append(path)
     print(path, flush=True)
 
@@ -235,6 +296,8 @@ def _write_outcome(outcome, folder: Path, stem: str, targets: list[str], written
         _write(image, folder / f"{stem}_edit{k}_{slug(prompt)}.png", written)
     for k, (_, heatmap) in enumerate(outcome.heatmaps):
         name = "source" if k == 0 else f"edit{k - 1}"
+        if k == 0 and not source:
+            continue  # the source's heatmap was written with the source
         _write(heatmap, folder / f"{stem}_heatmap_{name}.png", written)
 
 
@@ -243,23 +306,25 @@ def _write_outcome(outcome, folder: Path, stem: str, targets: list[str], written
 
 
 def run_generate(opts: Generate) -> list[Path]:
-    from apps import editing
+    from editkit import jobs
 
     pairs = _prompt_pairs(opts)
     settings = _p2p_settings(opts)
+    for source, targets in pairs:  # every prompt and word check, before the model is loaded
+        jobs.plan_p2p(settings, source, targets)
+    _check_run(opts)
     pipe = _load(opts)
-    opts.output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for n, (source, targets) in enumerate(pairs):
         _say(opts, f"[{n + 1}/{len(pairs)}] {source!r} -> {targets}")
-        outcome = editing.generate(pipe, source, targets, settings, steps=opts.steps, guidance=opts.guidance,
-                                   seed=_seed(opts.seed), heatmaps=opts.heatmaps, progress=not opts.quiet)
+        outcome = jobs.generate(pipe, source, targets, settings, steps=opts.steps, guidance=opts.guidance,
+                                seed=_seed(opts.seed), heatmaps=opts.heatmaps, progress=not opts.quiet)
         _write_outcome(outcome, opts.output, f"{n:03d}", targets, written)
     return written
 
 
 def run_edit(opts: Edit) -> list[Path]:
-    from apps import editing
+    from editkit import jobs
 
     if not opts.images:
         raise UsageError("give at least one image to edit: editkit edit IMAGE [IMAGE ...] --source ... --target ...")
@@ -270,60 +335,67 @@ def run_edit(opts: Edit) -> list[Path]:
         if opts.pairs is None and not opts.target:
             raise UsageError("--target is required (or --pairs FILE)")
         pairs = read_pairs(opts.pairs) if opts.pairs is not None else [(opts.source, list(opts.target))]
+        for name, value in (("--pnp-f-t", opts.pnp_f_t), ("--pnp-attn-t", opts.pnp_attn_t)):
+            if not 0.0 <= value <= 1.0:  # NaN fails this too
+                raise UsageError(f"{name} must be between 0 and 1, got {value}")
         if opts.heatmaps:
             _say(opts, "note: --heatmaps applies to p2p only; Plug-and-Play stores no cross-attention maps")
     else:
         pairs = _prompt_pairs(opts)
         settings = _p2p_settings(opts)
+        for source, targets in pairs:
+            jobs.plan_p2p(settings, source, targets)
+    for image_path in opts.images:  # readable and within the pixel limit, before the model is loaded
+        jobs.open_photo(image_path).close()
+    _check_run(opts)
     pipe = _load(opts)
-    opts.output.mkdir(parents=True, exist_ok=True)
-    cache = editing.InversionCache(capacity=4)
+    cache = jobs.InversionCache(capacity=4)
     written: list[Path] = []
     for image_path in opts.images:
         stem = slug(Path(image_path).stem)
+        sources_written: set[str] = set()  # one source image per (photo, source prompt)
         for n, (source, targets) in enumerate(pairs):
             tag = stem if len(pairs) == 1 else f"{stem}_{n:03d}"
             _say(opts, f"{image_path}: {source!r} -> {targets} ({opts.method})")
             if opts.method == "pnp":
-                outcome = editing.edit_photo_pnp(pipe, image_path, targets, source=source,
-                                                 feature_threshold=opts.pnp_f_t, attention_threshold=opts.pnp_attn_t,
-                                                 steps=opts.steps, guidance=opts.guidance, seed=_seed(opts.seed),
-                                                 cache=cache, progress=not opts.quiet)
+                outcome = jobs.edit_photo_pnp(pipe, image_path, targets, source=source,
+                                              feature_threshold=opts.pnp_f_t, attention_threshold=opts.pnp_attn_t,
+                                              steps=opts.steps, guidance=opts.guidance, seed=_seed(opts.seed),
+                                              keep_aspect=opts.keep_aspect, cache=cache, progress=not opts.quiet)
             else:
-                outcome = editing.edit_photo_p2p(pipe, image_path, source, targets, settings,
-                                                 inversion=opts.inversion, steps=opts.steps, guidance=opts.guidance,
-                                                 seed=_seed(opts.seed), heatmaps=opts.heatmaps, cache=cache,
-                                                 progress=not opts.quiet)
-            _write_outcome(outcome, opts.output, tag, targets, written)
+                outcome = jobs.edit_photo_p2p(pipe, image_path, source, targets, settings,
+                                              inversion=opts.inversion, steps=opts.steps, guidance=opts.guidance,
+                                              seed=_seed(opts.seed), heatmaps=opts.heatmaps,
+                                              keep_aspect=opts.keep_aspect, cache=cache, progress=not opts.quiet)
+            _write_outcome(outcome, opts.output, tag, targets, written, source=source not in sources_written)
+            sources_written.add(source)
     return written
-
-
-def run_ui(opts: Ui) -> None:
-    from apps.ui import launch
-
-    launch(opts.model, host=opts.host, port=opts.port, share=opts.share, device=opts.device,
-           default_steps=opts.steps, block=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``editkit`` console script; returns the exit code (see the module docstring)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["ui"]:
+        print(UI_POINTER, file=sys.stderr)
+        return EXIT_USAGE
     description = __doc__.replace("``", "`")
     try:
-        opts = tyro.cli(Command, args=argv, prog="editkit", description=description,
+        opts = tyro.cli(Command, args=args, prog="editkit", description=description,
                         config=(tyro.conf.OmitSubcommandPrefixes,))
     except SystemExit as e:  # --help (0) or a parse error (2)
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     from editkit.models import ModelNotFoundError
+    from safeio import WriteError
 
     try:
-        if isinstance(opts, Ui):
-            run_ui(opts)
-            return EXIT_OK
         written = run_edit(opts) if isinstance(opts, Edit) else run_generate(opts)
     except ModelNotFoundError as e:
-        print(f"editkit: model not found: {e}", file=sys.stderr)
+        print(f"editkit: model not found: {e.for_cli()}", file=sys.stderr)
         return EXIT_MODEL_NOT_FOUND
-    except ValueError as e:  # UsageError, apps.editing.InputError and the engine's input checks
+    except WriteError as e:  # disk full, permission lost mid-run: one line naming the file
+        print(f"editkit: error: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:  # UsageError, editkit.jobs.InputError and the engine's input checks
         print(f"editkit: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

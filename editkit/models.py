@@ -8,10 +8,27 @@ point at a model instead of a stack trace from deep inside the hub client.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+
+
+class _DropTorchvisionFallbackNotice(logging.Filter):
+    """transformers warns, when diffusers' pipeline modules merely *import* ``CLIPImageProcessor`` (and
+    ``SiglipImageProcessor``), that torchvision is missing and it falls back to the PIL processor. editkit
+    never loads an image processor (no safety checker, no feature extractor, no IP-Adapter), so on every
+    command that line is noise; drop exactly that record, nothing else from transformers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("requires torchvision (not installed)" in message and "ImageProcessor" in message)
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_DropTorchvisionFallbackNotice())
 
 HOW_TO_POINT = (
     "Point editkit at a Stable Diffusion model in one of these ways:\n"
@@ -23,8 +40,53 @@ HOW_TO_POINT = (
 )
 
 
+HOW_TO_POINT_CLI = (
+    "Point editkit at a Stable Diffusion model with --model PATH_OR_HUB_ID:\n"
+    "  - a local diffusers folder (with model_index.json), e.g. --model /models/sd15\n"
+    "  - a single checkpoint file, e.g. --model /models/v1-5-pruned-emaonly.safetensors\n"
+    "  - a Hugging Face hub id already in your local cache, or with network access,\n"
+    "    e.g. --model stable-diffusion-v1-5/stable-diffusion-v1-5"
+)
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
 class ModelNotFoundError(FileNotFoundError):
-    """No Stable Diffusion weights could be found for what the user named."""
+    """No Stable Diffusion weights could be found for what the user named.
+
+    ``problem`` says what was wrong; ``str(e)`` adds how to point at a model from Python, :meth:`for_cli`
+    the same advice in command-line words.
+    """
+
+    def __init__(self, problem: str):
+        super().__init__(problem.rstrip() + "\n" + HOW_TO_POINT)
+        self.problem = problem.rstrip()
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def for_cli(self) -> str:
+        return self.problem + "\n" + HOW_TO_POINT_CLI
+
+
+def check_device(device) -> torch.device | None:
+    """``None`` or a device this machine has; a clear ``ValueError`` otherwise (``"banana"``, CUDA without a GPU)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICE_TYPES)} "
+                         "(optionally with an index, e.g. cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine (use cpu)")
+    if dev.type not in DEVICE_TYPES:
+        raise ValueError(f"device {device!r} is not supported; expected one of {', '.join(DEVICE_TYPES)}")
+    return dev
 
 
 def default_device() -> torch.device:
@@ -97,7 +159,7 @@ def load_pipeline(
     Raises:
         ModelNotFoundError: nothing loadable at ``model``, with instructions on how to point at a model.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device(device) or default_device()
     dtype = dtype or default_dtype(device)
 
     if _is_pipeline(model):
@@ -126,32 +188,68 @@ def _load_from_path_or_hub(name: str, dtype, local_files_only, config=None, cach
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix not in (".safetensors", ".ckpt", ".pt", ".bin"):
-            raise ModelNotFoundError(f"{path} is not a checkpoint file (.safetensors or .ckpt).\n" + HOW_TO_POINT)
+            raise ModelNotFoundError(f"{path} is not a checkpoint file (.safetensors or .ckpt).")
         try:
             cls = StableDiffusionXLPipeline if _guess_xl_from_file(path) else StableDiffusionPipeline
             extra = {} if config is None else {"config": str(config)}
             return cls.from_single_file(str(path), **_dtype_kwarg(dtype), **extra)
         except Exception as e:  # noqa: BLE001 - the loader raises many types; name the file and the cause
             raise ModelNotFoundError(
-                f"could not load the checkpoint {path}: {e}\n"
+                f"could not load the checkpoint {path}: {_first_line(e)}\n"
                 "Single-file loading needs the model's configuration files in the local hub cache "
-                "(or network access). A diffusers folder always works offline.\n" + HOW_TO_POINT
+                "(or network access). A diffusers folder always works offline."
             ) from e
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ModelNotFoundError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).\n" + HOW_TO_POINT)
-        return _from_pretrained(str(path), dtype, local_files_only=True)
+        _check_folder(path)
+        try:
+            return _from_pretrained(str(path), dtype, local_files_only=True)
+        except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as e:
+            raise ModelNotFoundError(
+                f"could not read the model in {path} (incomplete or corrupt weights?): {_first_line(e)}"
+            ) from e
     if name.startswith((".", "/", "~")) or os.sep in name.rstrip("/").split("/", 1)[-1]:
-        raise ModelNotFoundError(f"no file or folder at {name!r}.\n" + HOW_TO_POINT)
+        raise ModelNotFoundError(f"no file or folder at {name!r}.")
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
         return _from_pretrained(name, dtype, local_files_only=local_files_only, cache_dir=cache_dir)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - the hub client raises many types; our own words, its type named
+        where = f"the Hugging Face hub cache{f' at {cache_dir}' if cache_dir is not None else ''}"
+        if local_files_only:
+            problem = (f"{name!r} is not in {where}, and downloads are off (offline mode: HF_HUB_OFFLINE=1 or "
+                       "local files only). Download it once with network access, or name a local folder.")
+        else:
+            problem = (f"{name!r} could not be loaded from the Hugging Face hub or {where} "
+                       f"({type(e).__name__}). Check the id and your network connection.")
+        raise ModelNotFoundError(problem) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_folder(path: Path) -> None:
+    """A diffusers folder has model_index.json and one subfolder per component it lists."""
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelNotFoundError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).")
+    try:
+        entries = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelNotFoundError(f"{index} is not readable JSON: {_first_line(e)}") from e
+    if not isinstance(entries, dict):
+        raise ModelNotFoundError(f"{index} is not a diffusers model index (expected a JSON object)")
+    missing = [
+        key for key, value in entries.items()
+        if not key.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] is not None
+        and not (path / key).is_dir()
+    ]
+    if missing:
         raise ModelNotFoundError(
-            f"could not load {name!r} from the Hugging Face hub or its local cache ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}).\n" + HOW_TO_POINT
-        ) from e
+            f"the model folder {path} is incomplete: no {', '.join(f'{m}/' for m in missing)} subfolder "
+            "(model_index.json lists it). Copy or download the whole model folder."
+        )
 
 
 def _from_pretrained(name: str, dtype, local_files_only: bool, cache_dir=None):
@@ -178,7 +276,5 @@ def _is_sd1_like(name: str) -> bool:
     path = Path(name)
     index = path / "model_index.json"
     if index.is_file():
-        import json
-
         return json.loads(index.read_text()).get("_class_name") == "StableDiffusionPipeline"
     return "xl" not in name.lower()

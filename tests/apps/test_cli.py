@@ -50,11 +50,16 @@ def test_help_documents_every_option_in_a_real_process():
 def test_top_level_help_lists_commands_and_exit_codes(capsys):
     assert main(["--help"]) == EXIT_OK
     text = capsys.readouterr().out
-    assert all(cmd in text for cmd in ("edit", "generate", "ui"))
+    assert all(cmd in text for cmd in ("edit", "generate", "editkit-ui"))
     assert "Exit codes" in text and "model not found" in text
-    assert main(["ui", "--help"]) == EXIT_OK
-    text = capsys.readouterr().out
-    assert all(option in text for option in ("--model", "--host", "--port", "--device"))
+
+
+@pytest.mark.parametrize("args", [["ui"], ["ui", "--model", "x", "--help"]])
+def test_ui_subcommand_points_at_the_ui_command(capsys, args):
+    # the library does not import the app (issue 9): `editkit ui` names the UI's own console script
+    assert main(args) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "editkit-ui --model" in err
 
 
 def test_generate_writes_source_edit_and_heatmaps(model, tmp_path, capsys):
@@ -108,11 +113,43 @@ def test_malformed_pairs_file_names_the_line(model, tmp_path, capsys):
     assert "line 2" in capsys.readouterr().err
 
 
-def test_missing_model_exits_3_with_how_to(tmp_path, capsys):
+def test_missing_model_exits_3_with_how_to(tmp_path, capsys, monkeypatch):
     code = main(["generate", "--model", str(tmp_path / "nowhere"), "--source", "a cat", "--target", "a dog",
-                 *STEPS])
+                 "--output", str(tmp_path / "out"), *STEPS])
     assert code == EXIT_MODEL_NOT_FOUND
-    assert "Point editkit at a Stable Diffusion model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Point editkit at a Stable Diffusion model with --model PATH_OR_HUB_ID" in err
+    assert "load_pipeline(" not in err  # CLI wording, not Python (issue 15)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["generate", "--model", "editkit-tests/not-cached", "--source", "a cat", "--target", "a dog",
+                 "--output", str(tmp_path / "out"), *STEPS])
+    assert code == EXIT_MODEL_NOT_FOUND
+    err = capsys.readouterr().err
+    assert "'editkit-tests/not-cached' is not in the Hugging Face hub cache" in err and "offline" in err
+    assert "local_files_only=False" not in err and "stacktrace" not in err  # our words, not diffusers'
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--source", "a cat", "--target", "a big dog"], "same number of words"),
+        (["--source", "a cat", "--target", "a dog", "--reweight", "zebra=2"], "zebra"),
+        (["--source", "a cat", "--target", "a dog", "--reweight", "dog=nan"], "finite"),
+        (["--source", "a cat", "--target", "a dog", "--blend-target", "zebra"], "zebra"),
+        (["--source", "a cat", "--target", "a dog", "--guidance", "inf"], "guidance"),
+        (["--source", "a cat", "--target", "a dog", "--device", "banana"], "banana"),
+    ],
+)
+def test_checks_run_before_the_model_is_loaded(tmp_path, capsys, monkeypatch, args, message):
+    import editkit
+
+    def loader(*a, **k):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(editkit, "load_pipeline", loader)
+    assert main(["generate", "--model", "/nonexistent/model", "--output", str(tmp_path / "out"), *STEPS,
+                 *args]) == EXIT_USAGE
+    assert message in capsys.readouterr().err
 
 
 def test_edit_without_images_or_with_a_missing_file_exits_2(model, tmp_path, capsys):
@@ -136,7 +173,11 @@ def test_edit_p2p_two_images_two_pairs(model, photo, tmp_path):
     assert code == EXIT_OK
     names = pngs(out)
     for stem in ("cat_photo_000", "cat_photo_001", "second_000", "second_001"):
-        assert f"{stem}_source.png" in names and f"{stem}_heatmap_edit0.png" in names
+        assert f"{stem}_heatmap_edit0.png" in names
+    # both pairs share the source prompt: its reconstruction is written once per photo (issue 15)
+    assert [n for n in names if n.endswith("_source.png") and "heatmap" not in n] == ["cat_photo_000_source.png", "second_000_source.png"]
+    assert [n for n in names if n.endswith("_heatmap_source.png")] == ["cat_photo_000_heatmap_source.png",
+                                                                     "second_000_heatmap_source.png"]
     assert "cat_photo_001_edit0_a_lion_on_a_table.png" in names
 
 

@@ -8,8 +8,14 @@ chromium binary is installed (``scripts/test.sh`` installs it).
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import socket
+import struct
+import tempfile
+import time
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +39,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dirs):
+def served(tiny_model_dirs):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (scripts/test.sh installs Debian's chromium)")
     from apps.ui import build_app
@@ -43,8 +49,13 @@ def server(tiny_model_dirs):
     port = free_port()
     app.queue()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    yield f"http://127.0.0.1:{port}/", app
     app.close()
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +83,41 @@ def page(browser, server):
     page.context.close()
 
 
+def make_photo(path, w=56, h=40):
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 4, y * 6, (x + y) * 2], axis=-1).astype(np.uint8)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
-    y, x = np.mgrid[0:40, 0:56]
-    rgb = np.stack([x * 4, y * 6, (x + y) * 2], axis=-1).astype(np.uint8)
-    path = tmp_path_factory.mktemp("photos") / "photo.png"
-    Image.fromarray(rgb).save(path)
+    return make_photo(tmp_path_factory.mktemp("photos") / "photo.png")
+
+
+def huge_png(path, side=16_000):
+    """A valid 16k x 16k grayscale PNG (268 megapixels) that is small on disk: rows of zeros, streamed."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp, row, body = zlib.compressobj(9), b"\x00" * (side + 1), []
+    for _ in range(side):
+        body.append(comp.compress(row))
+    body.append(comp.flush())
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(body))
+                     + chunk(b"IEND", b""))
     return path
 
 
 def fill(page, elem_id: str, text: str):
     page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(text)
+
+
+def set_number(page, elem_id: str, value):
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
 
 
 def run_and_expect(page, prefix: str, text: str):
@@ -96,9 +131,11 @@ def open_tab(page, name: str):
     page.get_by_role("tab", name=name).click()
 
 
-def upload(page, prefix: str, path):
+def upload(page, prefix: str, path, note: str = "px"):
+    from playwright.sync_api import expect
+
     page.locator(f"#{prefix}-image input[type=file]").set_input_files(str(path))
-    page.wait_for_selector(f"#{prefix}-image img")
+    expect(page.locator(f"#{prefix}-photo-note")).to_contain_text(note)
 
 
 def test_model_and_device_are_shown(page):
@@ -106,7 +143,7 @@ def test_model_and_device_are_shown(page):
     assert "StableDiffusionPipeline" in info and "cpu" in info and "float32" in info
 
 
-def test_generate_and_edit_then_bad_input_then_good_edit(page):
+def test_generate_and_edit_then_bad_input_keeps_the_result(page):
     from playwright.sync_api import expect
 
     fill(page, "gen-source", "a cat riding a bicycle")
@@ -115,24 +152,137 @@ def test_generate_and_edit_then_bad_input_then_good_edit(page):
     fill(page, "gen-blend-tgt", "dog")
     run_and_expect(page, "gen", "Done")
     expect(page.locator("#gen-result img")).to_have_count(2)  # source and edited, side by side
-    expect(page.locator("#gen-heatmaps img")).to_have_count(1)
     link = page.locator("#gen-files a[href$='target_0.png']")
     expect(link).to_have_count(1)
     download = page.request.get(link.get_attribute("href"))  # the edited image is downloadable
     assert download.ok and download.body()[:8] == b"\x89PNG\r\n\x1a\n"
+    expect(page.locator("#gen-files a[href$='heatmaps_source.png']")).to_have_count(1)  # the full grid
+    sources = page.locator("#gen-result img").evaluate_all("els => els.map(e => e.src)")
 
     fill(page, "gen-target", "a big dog riding a bicycle")  # word swap with one word more
     run_and_expect(page, "gen", "same number of words")
-    expect(page.locator("#gen-result img")).to_have_count(0)
+    # the failed edit leaves the previous images in place (issue 15)
+    expect(page.locator("#gen-result img")).to_have_count(2)
+    assert page.locator("#gen-result img").evaluate_all("els => els.map(e => e.src)") == sources
 
     fill(page, "gen-target", "a dog riding a bicycle")
     fill(page, "gen-blend-tgt", "zebra")  # not in the target prompt
     run_and_expect(page, "gen", "zebra")
+    expect(page.locator("#gen-result img")).to_have_count(2)
 
     fill(page, "gen-blend-tgt", "dog")
     page.locator("#gen-kind").get_by_text("refine", exact=True).click()
     run_and_expect(page, "gen", "Done")  # the app keeps working after bad input
     expect(page.locator("#gen-result img")).to_have_count(2)
+
+
+def test_token_heatmap_is_shown_large_for_the_chosen_token(page):
+    from playwright.sync_api import expect
+
+    fill(page, "gen-source", "a cat riding a bicycle")
+    fill(page, "gen-target", "a dog riding a bicycle")
+    run_and_expect(page, "gen", "Done")
+    image = page.locator("#gen-token-map img")
+    expect(image).to_have_count(1)
+    before = image.get_attribute("src")
+    box = image.bounding_box()
+    assert box["width"] >= 300 and box["height"] >= 300, box  # readable in the page, not a 6 px label
+    page.locator("#gen-map-token input").click()
+    page.get_by_role("option", name="5: bicycle").click()  # the target's tokens: start, a, dog, riding, a, ...
+    expect(image).not_to_have_attribute("src", before)
+    page.locator("#gen-map-prompt input").click()
+    page.get_by_role("option", name="source").click()
+    expect(page.locator("#gen-map-token input")).to_have_value("1: a")
+
+
+def test_two_targets_with_their_own_blend_words(page):
+    from playwright.sync_api import expect
+
+    fill(page, "gen-source", "a cat riding a bicycle")
+    fill(page, "gen-target", "a dog riding a bicycle\na lion riding a bicycle")
+    fill(page, "gen-blend-src", "cat")
+    fill(page, "gen-blend-tgt", "dog\nlion")  # one line per target
+    page.get_by_text("Re-weight words (attention strength)").first.click()
+    fill(page, "gen-rw-word-0", "lion")
+    set_number(page, "gen-rw-strength-0", 2)
+    page.locator("#gen-rw-target-0 input").click()
+    page.get_by_role("option", name="target 2").click()
+    run_and_expect(page, "gen", "Done")
+    expect(page.locator("#gen-result img")).to_have_count(3)
+
+
+def progress_steps(page) -> list[tuple[int, int]]:
+    texts = page.locator(".progress-level-inner").all_inner_texts()
+    return [(int(m[1]), int(m[2])) for t in texts if (m := re.search(r"sampling: step (\d+) of (\d+)", t))]
+
+
+def test_progress_advances_and_cancel_frees_the_lock_within_a_step(page, served):
+    app = served[1]
+    lock = app.editkit_model.lock
+    page.locator("#gen-run").scroll_into_view_if_needed()
+    page.get_by_text("Sampling").first.click()
+    set_number(page, "gen-steps", 40)
+    page.click("#gen-run")
+    seen, stamps = [], []
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while len(seen) < 3 and time.monotonic() < deadline:  # three distinct steps reported in the page
+        for step, total in progress_steps(page):
+            assert total == 40
+            if step not in seen:
+                seen.append(step)
+                stamps.append(time.monotonic())
+        page.wait_for_timeout(50)
+    assert len(seen) >= 3 and seen == sorted(seen), seen  # the progress value advances
+    step_time = (stamps[-1] - stamps[0]) / (seen[-1] - seen[0])
+    assert lock.locked()
+    cancelled_at = time.monotonic()
+    page.click("#gen-cancel")
+    while lock.locked() and time.monotonic() - cancelled_at < 60:
+        time.sleep(0.02)
+    freed_after = time.monotonic() - cancelled_at
+    # freed at the next denoising step (plus the page round trip), not after the remaining ~35 steps
+    assert not lock.locked() and freed_after < 2 * step_time + 2.0, (freed_after, step_time)
+    from playwright.sync_api import expect
+
+    expect(page.locator("#gen-status")).to_contain_text("Cancelled")
+    set_number(page, "gen-steps", 2)
+    run_and_expect(page, "gen", "Done")  # the model is free for the next run
+
+
+def test_no_download_folder_is_left_after_the_tab_closes(browser, server):
+    root = Path(tempfile.gettempdir())
+    before = set(root.glob("editkit-ui-*"))
+    page = open_page(browser, server)
+    try:
+        run_and_expect(page, "gen", "Done")
+        created = set(root.glob("editkit-ui-*")) - before
+        assert len(created) == 1  # this session's download folder
+    finally:
+        page.context.close()
+    deadline = time.monotonic() + 60
+    while any(p.exists() for p in created) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not any(p.exists() for p in created)
+
+
+@needs_inversion
+def test_unreadable_and_oversized_uploads_are_named(page, tmp_path):
+    from playwright.sync_api import expect
+
+    open_tab(page, "Edit a photo (P2P)")
+    text = tmp_path / "notes.png"
+    text.write_text("this is a text file, not a picture")
+    upload(page, "p2p", text, "not an image file")
+    fill(page, "p2p-source", "a cat sitting on a table")
+    fill(page, "p2p-target", "a dog sitting on a table")
+    run_and_expect(page, "p2p", "not an image file")
+    page.reload()  # a fresh upload box (a filled one shows the file, not the input)
+    open_tab(page, "Edit a photo (P2P)")
+    fill(page, "p2p-source", "a cat sitting on a table")
+    fill(page, "p2p-target", "a dog sitting on a table")
+    upload(page, "p2p", huge_png(tmp_path / "huge.png"), "too large")
+    expect(page.locator("#p2p-photo-note")).to_contain_text("megapixels")
+    run_and_expect(page, "p2p", "megapixels")
 
 
 @needs_inversion
@@ -144,11 +294,13 @@ def test_photo_p2p_reuses_inversion_and_sessions_are_separate(browser, server, p
     fill(page, "p2p-target", "a dog sitting on a table")
     run_and_expect(page, "p2p", "Upload a photo")  # no image yet
 
-    upload(page, "p2p", photo)
+    upload(page, "p2p", photo, "centre-cropped")  # 56x40: the note says it will be cropped
+    page.locator("#p2p-keep-aspect input").check()
+    expect(page.locator("#p2p-photo-note")).to_contain_text("aspect ratio kept")
     page.locator("#p2p-inversion").get_by_text("negative-prompt", exact=True).click()
     run_and_expect(page, "p2p", "Inversion computed")
     expect(page.locator("#p2p-result img")).to_have_count(2)
-    expect(page.locator("#p2p-heatmaps img")).to_have_count(1)
+    expect(page.locator("#p2p-token-map img")).to_have_count(1)
 
     fill(page, "p2p-target", "a lion sitting on a table")  # only the target changes: inversion reused
     run_and_expect(page, "p2p", "Inversion reused")
@@ -159,6 +311,7 @@ def test_photo_p2p_reuses_inversion_and_sessions_are_separate(browser, server, p
         upload(other, "p2p", photo)
         fill(other, "p2p-source", "a cat sitting on a table")
         fill(other, "p2p-target", "a dog sitting on a table")
+        other.locator("#p2p-keep-aspect input").check()
         other.locator("#p2p-inversion").get_by_text("negative-prompt", exact=True).click()
         run_and_expect(other, "p2p", "Inversion computed")
         expect(other.locator("#gen-result img")).to_have_count(0)
