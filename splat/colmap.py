@@ -371,7 +371,7 @@ def check_model_files(model_dir: Path) -> str:
             if missing:
                 raise SceneError(
                     f"COLMAP model in {model_dir} is incomplete: missing {', '.join(missing)}. Export the whole "
-                    "model again, or rerun SfM with `splat prepare SCENE --overwrite`"
+                    "model again, or move that folder away to run SfM on the photos again"
                 )
             break
     else:
