@@ -39,7 +39,9 @@ def fake_wheel_house(folder: Path, version: str) -> Path:
     wheel = folder / f"torch-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         z.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n")
-        z.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(
+            f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
         z.writestr(f"{dist}/RECORD", "")
     return folder
 
@@ -144,7 +146,15 @@ def test_unsupported_python_is_refused(tmp_path, version):
 def test_test_script_fails_when_no_test_is_collected(tmp_path):
     env = {**os.environ, "USE_CURRENT_PYTHON": "1", "PYTHON": sys.executable}
     proc = subprocess.run(
-        ["bash", "scripts/test.sh", "-p", "no:cacheprovider", "tests/test_safeio.py", "-k", "no_such_test_zz"],
+        [
+            "bash",
+            "scripts/test.sh",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_safeio.py",
+            "-k",
+            "no_such_test_zz",
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
