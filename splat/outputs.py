@@ -13,7 +13,16 @@ from torch import Tensor
 
 from safeio import atomic_write_bytes, atomic_write_text
 
-__all__ = ["OutputError", "atomic_save_image", "atomic_write_text", "check_output_dir", "would_be_writable"]
+__all__ = [
+    "OutputError",
+    "atomic_save_image",
+    "atomic_write_text",
+    "check_output_dir",
+    "save_comparisons",
+    "would_be_writable",
+]
+
+CONTACT_SHEET_NAME = "contact_sheet.png"
 
 
 class OutputError(ValueError):
@@ -47,3 +56,57 @@ def would_be_writable(out: Path) -> bool:
             return False
         p = p.parent
     return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_comparisons(folder: Path, columns: int = 2, gap: int = 4) -> Path | None:
+    """Side-by-side images of one evaluation's renders, and a contact sheet of all of them.
+
+    Reads the ``NAME_gt.png`` / ``NAME_render.png`` pairs in ``folder`` (as written by the trainer's
+    evaluation), writes ``NAME_compare.png`` (ground truth left, render right) for each pair and
+    ``contact_sheet.png``: every pair in a grid of ``columns`` pairs per row, each under its name.
+    Returns the contact sheet's path, or None when ``folder`` holds no pair.
+    """
+    from PIL import ImageDraw
+
+    folder = Path(folder)
+    pairs = []
+    for gt_path in sorted(folder.glob("*_gt.png")):
+        stem = gt_path.name[: -len("_gt.png")]
+        render_path = folder / f"{stem}_render.png"
+        if render_path.is_file():
+            with Image.open(gt_path) as gt, Image.open(render_path) as render:
+                pairs.append((stem, gt.convert("RGB"), render.convert("RGB")))
+    if not pairs:
+        return None
+    tiles = []
+    for stem, gt, render in pairs:
+        w, h = gt.width + gap + render.width, max(gt.height, render.height)
+        tile = Image.new("RGB", (w, h), (255, 255, 255))
+        tile.paste(gt, (0, 0))
+        tile.paste(render, (gt.width + gap, 0))
+        atomic_write_bytes(folder / f"{stem}_compare.png", _png_bytes(tile))
+        tiles.append((stem, tile))
+
+    label_h = 14  # one line of PIL's default font
+    cell_w = max(t.width for _, t in tiles)
+    cell_h = max(t.height for _, t in tiles) + label_h
+    cols = max(1, min(columns, len(tiles)))
+    rows = -(-len(tiles) // cols)
+    size = (cols * cell_w + (cols + 1) * gap, label_h + rows * cell_h + (rows + 1) * gap)
+    sheet = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((gap, gap), "left: ground truth, right: render", fill=(0, 0, 0))
+    for i, (stem, tile) in enumerate(tiles):
+        x = gap + (i % cols) * (cell_w + gap)
+        y = label_h + gap + (i // cols) * (cell_h + gap)
+        draw.text((x, y), stem, fill=(0, 0, 0))
+        sheet.paste(tile, (x, y + label_h))
+    path = folder / CONTACT_SHEET_NAME
+    atomic_write_bytes(path, _png_bytes(sheet))
+    return path

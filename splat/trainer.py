@@ -58,6 +58,7 @@ from splat.outputs import (
     atomic_save_image,
     atomic_write_text,
     check_output_dir,
+    save_comparisons,
     would_be_writable,
 )
 from splat.params import PARAM_KEYS, make_optimizers, make_params, rgb_to_sh, set_lr
@@ -602,6 +603,8 @@ class Trainer:
                 folder = self.out / "renders" / f"step_{step:06d}"
                 atomic_save_image(folder / f"{stem}_render.png", img)
                 atomic_save_image(folder / f"{stem}_gt.png", gt)
+        if cfg.save_renders and len(self.test_set):  # side by side + contact sheet, from the files above
+            save_comparisons(self.out / "renders" / f"step_{step:06d}")
         result = {k: float(np.mean(v)) for k, v in scores.items()}
         result.update(
             num_gaussians=len(self.params["means"]),
