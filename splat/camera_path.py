@@ -31,10 +31,16 @@ from typing import Literal
 import numpy as np
 
 from safeio import atomic_write_text
+from splat.config import ConfigError
 
 PathKind = Literal["orbit", "spiral", "interpolate"]
 PATH_KINDS = ("orbit", "spiral", "interpolate")
 FORMAT = "splat-camera-path-1"
+
+
+class CameraPathError(ConfigError):
+    """A camera path cannot be fitted, or a camera-path file is invalid (bad input: exit 2)."""
+
 
 
 @dataclass
@@ -66,11 +72,11 @@ def look_at(position: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndar
     fwd = target - position
     norm = np.linalg.norm(fwd)
     if norm < 1e-12:
-        raise ValueError("camera position coincides with its look-at target")
+        raise CameraPathError("camera position coincides with its look-at target")
     fwd = fwd / norm
     right = np.cross(fwd, up)
     if np.linalg.norm(right) < 1e-9:
-        raise ValueError("camera looks along its up axis; the orientation is undefined")
+        raise CameraPathError("camera looks along its up axis; the orientation is undefined")
     right /= np.linalg.norm(right)
     down = np.cross(fwd, right)
     R = np.stack([right, down, fwd])  # rows: camera axes in the world
@@ -83,7 +89,7 @@ def look_at(position: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndar
 def scene_frame(viewmats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(centre [3], up [3]) of a set of cameras [F, 4, 4]; see the module docstring."""
     if len(viewmats) < 2:
-        raise ValueError(f"need at least 2 cameras to fit a path, got {len(viewmats)}")
+        raise CameraPathError(f"need at least 2 cameras to fit a path, got {len(viewmats)}")
     origins = camera_centres(viewmats)  # [F, 3]
     dirs = viewmats[:, 2, :3]  # forward axes, [F, 3]
     # sum_f (I - d d^T) (x - o_f) = 0: the point nearest to every optical axis
@@ -95,7 +101,7 @@ def scene_frame(viewmats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         centre = np.linalg.solve(A, b)
     up = -viewmats[:, 1, :3].mean(0)
     if np.linalg.norm(up) < 1e-9:
-        raise ValueError("the cameras' up vectors cancel out; cannot tell which way is up")
+        raise CameraPathError("the cameras' up vectors cancel out; cannot tell which way is up")
     return centre, up / np.linalg.norm(up)
 
 
@@ -111,7 +117,7 @@ def _ellipse(viewmats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     r1 = float(np.percentile(np.abs(flat @ e1), 90))
     r2 = float(np.percentile(np.abs(flat @ e2), 90))
     if max(r1, r2) < 1e-9:
-        raise ValueError("the cameras all sit on the up axis through the centre; cannot fit an orbit")
+        raise CameraPathError("the cameras all sit on the up axis through the centre; cannot fit an orbit")
     r1, r2 = max(r1, 0.1 * r2), max(r2, 0.1 * r1)  # a flat capture still gets a round-ish orbit
     return centre, up, e1, e2, r1, r2
 
@@ -126,7 +132,7 @@ def orbit_positions(viewmats: np.ndarray, frames: int) -> tuple[np.ndarray, np.n
 
 def _check_frames(frames: int) -> None:
     if not isinstance(frames, int) or frames < 1:
-        raise ValueError(f"frames must be a positive integer, got {frames!r}")
+        raise CameraPathError(f"frames must be a positive integer, got {frames!r}")
 
 
 def orbit_path(
@@ -224,7 +230,7 @@ def interpolate_path(
     viewmats, Ks = np.asarray(viewmats, dtype=np.float64), np.asarray(Ks, dtype=np.float64)
     v = len(viewmats)
     if v < 2:
-        raise ValueError(f"need at least 2 views to interpolate, got {v}")
+        raise CameraPathError(f"need at least 2 views to interpolate, got {v}")
     centres = camera_centres(viewmats)
     quats = [rotmat_to_quat(m[:3, :3]) for m in viewmats]
     mats, ks = [], []
@@ -258,7 +264,7 @@ def make_path(
         return spiral_path(viewmats, Ks[0], width, height, frames, fps)
     if kind == "interpolate":
         return interpolate_path(viewmats, Ks, width, height, frames, fps)
-    raise ValueError(f"unknown camera path {kind!r}; choose from {', '.join(PATH_KINDS)}")
+    raise CameraPathError(f"unknown camera path {kind!r}; choose from {', '.join(PATH_KINDS)}")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -282,31 +288,31 @@ def load_path(path: str | Path) -> CameraPath:
     """Read and validate a camera path written by :func:`save_path` (or by hand)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"camera path {path} does not exist")
+        raise CameraPathError(f"camera path {path} does not exist")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"camera path {path} is not valid JSON: {e}") from e
+        raise CameraPathError(f"camera path {path} is not valid JSON: {e}") from e
     except UnicodeDecodeError as e:
-        raise ValueError(f"camera path {path} is not a text file") from e
+        raise CameraPathError(f"camera path {path} is not a text file") from e
     if not isinstance(data, dict):
-        raise ValueError(f"camera path {path} must hold a JSON object")
+        raise CameraPathError(f"camera path {path} must hold a JSON object")
     if data.get("format") != FORMAT:
-        raise ValueError(f"camera path {path}: 'format' must be {FORMAT!r}, got {data.get('format')!r}")
+        raise CameraPathError(f"camera path {path}: 'format' must be {FORMAT!r}, got {data.get('format')!r}")
     for key in ("width", "height"):
         if not isinstance(data.get(key), int) or isinstance(data.get(key), bool) or data[key] < 1:
-            raise ValueError(f"camera path {path}: {key!r} must be a positive integer, got {data.get(key)!r}")
+            raise CameraPathError(f"camera path {path}: {key!r} must be a positive integer, got {data.get(key)!r}")
     fps = data.get("fps", 30.0)
     if not isinstance(fps, int | float) or isinstance(fps, bool) or not 0 < fps <= 240:
-        raise ValueError(f"camera path {path}: 'fps' must be a number in (0, 240], got {fps!r}")
+        raise CameraPathError(f"camera path {path}: 'fps' must be a number in (0, 240], got {fps!r}")
     cams = data.get("cameras")
     if not isinstance(cams, list) or not cams:
-        raise ValueError(f"camera path {path}: 'cameras' must be a non-empty list")
+        raise CameraPathError(f"camera path {path}: 'cameras' must be a non-empty list")
     mats, ks = [], []
     for i, cam in enumerate(cams):
         where = f"camera path {path}: cameras[{i}]"
         if not isinstance(cam, dict) or set(cam) != {"cam_from_world", "K"}:
-            raise ValueError(f"{where} must be an object with exactly 'cam_from_world' (4x4) and 'K' (3x3)")
+            raise CameraPathError(f"{where} must be an object with exactly 'cam_from_world' (4x4) and 'K' (3x3)")
         m = _matrix(cam["cam_from_world"], (4, 4), f"{where}.cam_from_world")
         k = _matrix(cam["K"], (3, 3), f"{where}.K")
         R = m[:3, :3]
@@ -315,9 +321,9 @@ def load_path(path: str | Path) -> CameraPath:
             or not np.allclose(R @ R.T, np.eye(3), atol=1e-4)
             or np.linalg.det(R) < 0
         ):
-            raise ValueError(f"{where}.cam_from_world is not a rigid transform (rotation + translation)")
+            raise CameraPathError(f"{where}.cam_from_world is not a rigid transform (rotation + translation)")
         if k[0, 0] <= 0 or k[1, 1] <= 0 or not np.allclose(k[2], [0, 0, 1]):
-            raise ValueError(f"{where}.K must have positive focal lengths and last row [0, 0, 1]")
+            raise CameraPathError(f"{where}.K must have positive focal lengths and last row [0, 0, 1]")
         mats.append(m)
         ks.append(k)
     return CameraPath(np.stack(mats), np.stack(ks), data["width"], data["height"], float(fps))
@@ -327,7 +333,7 @@ def _matrix(value, shape: tuple[int, int], where: str) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where} must be a {shape[0]}x{shape[1]} list of numbers") from e
+        raise CameraPathError(f"{where} must be a {shape[0]}x{shape[1]} list of numbers") from e
     if arr.shape != shape or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{where} must be a {shape[0]}x{shape[1]} list of finite numbers")
+        raise CameraPathError(f"{where} must be a {shape[0]}x{shape[1]} list of finite numbers")
     return arr

@@ -282,7 +282,7 @@ def _check_binary_file(path: Path, walk) -> None:
     if size < 8:
         raise SceneError(
             f"{path} is {'empty' if size == 0 else 'truncated'} ({size} bytes): an interrupted COLMAP write or "
-            "a full disk? Export the model again (or rerun `splat prepare SCENE --overwrite`)"
+            "a full disk? Export the model again, or move the folder away so that SfM runs on the photos again"
         )
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         walk(_Walker(path, buf))
@@ -378,7 +378,7 @@ def check_model_files(model_dir: Path) -> str:
         contents = "it is empty" if not any(model_dir.iterdir()) else "it holds no model files"
         raise SceneError(
             f"no COLMAP model (cameras/images/points3D .bin or .txt) in {model_dir}: {contents}. Put the model "
-            "there, or run SfM with `splat prepare SCENE --overwrite` (or delete the empty folder)"
+            "there, or delete the empty folder so that `splat train` runs SfM on the photos"
         )
     if ext == ".bin":
         for name, walk in _BINARY_WALKERS.items():

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from splat.checkpoint import read_checkpoint
+from splat.checkpoint import CheckpointError, read_checkpoint
 from splat.params import PARAM_KEYS
 from splat.ply import read_ply
 
@@ -38,7 +38,7 @@ def find_model_file(path: str | Path) -> Path:
     if path.is_file():
         return path
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (expected a run folder, a checkpoint .pt or a .ply)")
+        raise CheckpointError(f"{path} does not exist (expected a run folder, a checkpoint .pt or a .ply)")
     ckpts = sorted((path / "ckpts").glob("ckpt_*.pt"), key=_number_in_name)
     if ckpts:
         return ckpts[-1]
@@ -47,7 +47,7 @@ def find_model_file(path: str | Path) -> Path:
     )
     if plys:
         return plys[-1]
-    raise FileNotFoundError(
+    raise CheckpointError(
         f"{path} holds no model: expected ckpts/ckpt_*.pt or point_cloud/iteration_*/point_cloud.ply inside"
     )
 
@@ -61,7 +61,7 @@ def sh_degree_for(num_coeffs: int, source: str = "model") -> int:
     """SH degree whose ``(d + 1)**2`` coefficients per channel equal ``num_coeffs``."""
     d = round(math.sqrt(num_coeffs)) - 1
     if d < 0 or (d + 1) ** 2 != num_coeffs or d > 3:
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: {num_coeffs} SH coefficients per channel is not (d+1)^2 for a degree 0..3"
         )
     return d
@@ -83,7 +83,7 @@ def load_gaussians(path: str | Path) -> tuple[dict[str, Tensor], int, dict]:
         ckpt = read_checkpoint(file)
         missing = [k for k in PARAM_KEYS if k not in ckpt.get("params", {})]
         if missing:
-            raise ValueError(f"checkpoint {file} lacks Gaussian parameters {missing}")
+            raise CheckpointError(f"checkpoint {file} lacks Gaussian parameters {missing}")
         params = {k: ckpt["params"][k] for k in PARAM_KEYS}
         meta = {
             "source": str(file),
@@ -94,10 +94,10 @@ def load_gaussians(path: str | Path) -> tuple[dict[str, Tensor], int, dict]:
     params = {k: v.detach().float().cpu().contiguous() for k, v in params.items()}
     n = params["means"].shape[0]
     if n == 0:
-        raise ValueError(f"{file} holds no Gaussians")
+        raise CheckpointError(f"{file} holds no Gaussians")
     for key, tail in (("means", (3,)), ("scales", (3,)), ("quats", (4,)), ("opacities", ())):
         if tuple(params[key].shape) != (n, *tail):
-            raise ValueError(f"{file}: {key} has shape {tuple(params[key].shape)}, expected {(n, *tail)}")
+            raise CheckpointError(f"{file}: {key} has shape {tuple(params[key].shape)}, expected {(n, *tail)}")
     sh_degree = sh_degree_for(1 + params["shN"].shape[1], str(file))
     return params, sh_degree, meta
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from safeio import atomic_path, atomic_write_bytes
 from splat.camera_path import CameraPath
+from splat.config import ConfigError
 from splat.render_modes import RenderMode, render_mode
 from splat.rendering import Backend
 
@@ -57,14 +58,14 @@ def render_path(
 
 
 def check_video_path(path: Path, width: int, height: int) -> None:
-    """Raise ``ValueError`` for an unsupported suffix or (MP4) odd frame sizes, before rendering anything."""
+    """Raise :class:`~splat.config.ConfigError` for an unsupported suffix or (MP4) odd frame sizes, before rendering anything."""
     suffix = path.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
-        raise ValueError(
+        raise ConfigError(
             f"video {path}: unsupported type {suffix or '(none)'!r}; use one of {VIDEO_SUFFIXES}"
         )
     if suffix == ".mp4" and (width % 2 or height % 2):
-        raise ValueError(f"video {path}: H.264 needs even frame sizes, got {width}x{height}")
+        raise ConfigError(f"video {path}: H.264 needs even frame sizes, got {width}x{height}")
 
 
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, width: int, height: int) -> int:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from splat.config import TrainConfig, config_to_dict
+from splat.config import ConfigError, TrainConfig, config_to_dict
 
 
 def _check_port(port: int) -> None:
     if not 1 <= port <= 65535:
-        raise ValueError(f"port must be in 1..65535, got {port}")
+        raise ConfigError(f"port must be in 1..65535, got {port}")
 
 
 def _background(config: dict | None) -> tuple[float, float, float]:
@@ -40,7 +40,7 @@ def serve(cmd) -> int:
 
     _check_port(cmd.port)
     if cmd.resolution is not None and cmd.resolution < 16:
-        raise ValueError(f"resolution must be at least 16 pixels, got {cmd.resolution}")
+        raise ConfigError(f"resolution must be at least 16 pixels, got {cmd.resolution}")
     params, sh_degree, meta = load_gaussians(cmd.model)
     cameras = scene_cameras(cmd.scene, meta["config"]) if cmd.scene is not None else None
     viewer = None
@@ -123,15 +123,15 @@ def render_video(cmd) -> int:
 
     # 1. Check inputs before loading or rendering anything heavy
     if cmd.path is not None and cmd.path_file is not None:
-        raise ValueError("give either --path or --path-file, not both")
+        raise ConfigError("give either --path or --path-file, not both")
     if cmd.frames < 1:
-        raise ValueError(f"frames must be at least 1, got {cmd.frames}")
+        raise ConfigError(f"frames must be at least 1, got {cmd.frames}")
     if cmd.fps is not None and not 0 < cmd.fps <= 240:
-        raise ValueError(f"fps must be in (0, 240], got {cmd.fps}")
+        raise ConfigError(f"fps must be in (0, 240], got {cmd.fps}")
     if cmd.width is not None and cmd.width < 2:
-        raise ValueError(f"width must be at least 2 pixels, got {cmd.width}")
+        raise ConfigError(f"width must be at least 2 pixels, got {cmd.width}")
     if cmd.path is not None and cmd.scene is None:
-        raise ValueError(f"--path {cmd.path} needs --scene: the path is fitted to the training cameras")
+        raise ConfigError(f"--path {cmd.path} needs --scene: the path is fitted to the training cameras")
     params, sh_degree, meta = load_gaussians(cmd.checkpoint)
 
     # 2. The camera path

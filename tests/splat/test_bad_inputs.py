@@ -80,7 +80,7 @@ ROWS = {
     "missing_cameras_bin": (
         _rm("sparse/0/cameras.bin"), ["train", "{scene}", "--out", "{out}"], r"missing cameras\.bin", "--overwrite"
     ),
-    "empty_sparse0": (_empty_model, ["train", "{scene}", "--out", "{out}"], r"sparse/0 exists .*it is empty", "overwrite"),
+    "empty_sparse0": (_empty_model, ["train", "{scene}", "--out", "{out}"], r"sparse/0: it is empty", "overwrite"),
     "no_images_no_model": (
         _rm("images", "sparse"), ["train", "{scene}", "--out", "{out}"], r"has no images folder", None
     ),

@@ -108,7 +108,7 @@ class Case:
     resource: bool = False  # run the reader under a memory and time limit first
     command: str = "train"
     scene_arg: Callable[[Path], Path] = lambda scene: scene
-    exit_code: int = 1
+    exit_code: int = 2  # bad input (splat.cli documents 0 ok, 1 internal error, 2 bad input)
     absent: str | None = None  # a regex the message must NOT match
 
 
@@ -435,4 +435,4 @@ def test_image_folder_named_images_inside_images_is_not_suggested(base_scene, tm
     shutil.copytree(base_scene, scene)
     code = main(["train", str(scene / "images"), "--out", str(tmp_path / "o"), "--steps", "2"])
     err = capsys.readouterr().err
-    assert code == 1 and "pass the scene folder" in err and "images/images" not in err, err
+    assert code == 2 and "pass the scene folder" in err and "images/images" not in err, err

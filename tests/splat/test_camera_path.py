@@ -119,7 +119,7 @@ def test_path_json_round_trip_and_clear_errors(tmp_path):
     (tmp_path / "junk.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_path(tmp_path / "junk.json")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="does not exist"):
         load_path(tmp_path / "missing.json")
 
 

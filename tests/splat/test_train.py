@@ -382,15 +382,19 @@ def test_wrong_version_decision_would_reset_twice_or_never(synthetic_scene, tmp_
 
 def test_reset_value_gsplat_cannot_honour_is_refused(monkeypatch):
     import splat._gsplat as compat
+    from splat.config import DensifyConfig
     from splat.strategy import Densifier
+
+    def make(**kw):
+        return Densifier(DensifyConfig(**kw))
 
     monkeypatch.setattr(compat, "gsplat_resets_opacity", lambda v: True)
     with pytest.raises(ValueError, match=r"reset_value=0.05 cannot be honoured .* 2 x prune_opa = 0.01"):
-        Densifier(reset_value=0.05, prune_opa=0.005)
-    assert not Densifier(reset_value=0.01, prune_opa=0.005).should_reset_opacity(3000)  # gsplat's reset only
-    assert Densifier(reset_value=0.004, prune_opa=0.005).should_reset_opacity(3000)  # a further clamp
+        make(reset_value=0.05, prune_opa=0.005)
+    assert not make(reset_value=0.01, prune_opa=0.005).should_reset_opacity(3000)  # gsplat's reset only
+    assert make(reset_value=0.004, prune_opa=0.005).should_reset_opacity(3000)  # a further clamp
     monkeypatch.setattr(compat, "gsplat_resets_opacity", lambda v: False)
-    assert Densifier(reset_value=0.05, prune_opa=0.005).should_reset_opacity(3000)
+    assert make(reset_value=0.05, prune_opa=0.005).should_reset_opacity(3000)
 
 
 def test_missing_private_gsplat_helper_is_a_clear_error(monkeypatch):

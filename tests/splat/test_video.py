@@ -30,7 +30,7 @@ def test_load_gaussians_from_checkpoint_ply_and_run_folder(demo_run):
     assert ply_meta["config"]["max_width"] == 32  # the PLY's run config is found beside it
     for k in ckpt:
         assert torch.equal(ckpt[k], ply[k]), k  # our PLY stores the checkpoint's values exactly
-    with pytest.raises(FileNotFoundError, match="holds no model"):
+    with pytest.raises(ValueError, match="holds no model"):
         load_gaussians(DEMO)
     (demo_run.parent / "bad.ply").write_bytes(b"not a ply")
     with pytest.raises(ValueError, match="not a PLY"):
@@ -108,10 +108,10 @@ def test_render_path_errors_are_clear(demo_run, tmp_path, capsys):
         (["--path", "orbit", "--path-file", "x.json"], "not both"),
     ]
     for extra, message in cases:
-        assert main(["render", str(demo_run), "--out", str(tmp_path / "o"), *extra]) == 1, extra
+        assert main(["render", str(demo_run), "--out", str(tmp_path / "o"), *extra]) == 2, extra
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (extra, err)
-    assert main(["render", str(tmp_path / "missing.ply"), "--scene", str(DEMO)]) == 1
+    assert main(["render", str(tmp_path / "missing.ply"), "--scene", str(DEMO)]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -184,5 +184,5 @@ def test_view_command_serves_until_interrupted(demo_run, tmp_path):
             pytest.fail(f"splat view did not exit after Ctrl-C:\n{err[-8000:]}")
     assert proc.returncode == 0 and "Traceback" not in err, err
 
-    assert main(["view", str(tmp_path / "missing")]) == 1
-    assert main(["view", str(demo_run), "--port", "70000"]) == 1
+    assert main(["view", str(tmp_path / "missing")]) == 2
+    assert main(["view", str(demo_run), "--port", "70000"]) == 2
