@@ -46,6 +46,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timed rounds (the best is kept)")
     parser.add_argument("--pnp-inversion", action="store_true",
                         help="compare Plug-and-Play's inversion with 50 and 999 DDIM steps on the tiny test model")
+    parser.add_argument("--fine-steps", type=int, default=999, help="--pnp-inversion: the finer inversion (999 = reference)")
     args = parser.parse_args(argv)
     if args.pnp_inversion:
         return pnp_inversion(args)
@@ -104,7 +105,7 @@ def pnp_inversion(args):
     print(f"# bench_real_edit --pnp-inversion  {datetime.date.today()}  commit {commit()}  device {device_name(torch.device('cpu'))}")
     print(f"# tiny SD1 test model, {size} px, {steps} sampling steps, inversion prompt ''")
     print(f"{'inversion steps':>16s} {'invert (s)':>11s} {'round-trip MSE':>15s} {'PnP MSE':>10s}")
-    for n in (steps, 999):
+    for n in (steps, args.fine_steps):
         t0 = time.perf_counter()
         inv = invert(pipe, photo, "", "ddim", steps, size=size, progress=False, inversion_steps=n)
         seconds = time.perf_counter() - t0
