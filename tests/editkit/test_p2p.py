@@ -104,7 +104,8 @@ def test_attention_maps_and_visualisation(sd1):
     full = p2p.generate(sd1, SOURCE, ["a cat riding a car"], p2p.Replace(), return_attention="all",
                         generator=torch.Generator().manual_seed(0), **SIZE).attention
     assert {lyr.is_cross for lyr in full.layers.values()} == {True, False}
-    torch.testing.assert_close(full.aggregate(4, ("up", "down"), True, 0), maps, rtol=0, atol=0)
+    # the same cross maps (up to float rounding: self-attention is materialised instead of fused in "all")
+    torch.testing.assert_close(full.aggregate(4, ("up", "down"), True, 0), maps, rtol=0, atol=1e-5)
     comps = p2p.self_attention_components(full, num_components=3, size=32)
     assert comps.size == (3 * 32 + 2 * 4, 32)
     with pytest.raises(ValueError, match="return_attention must be one of"):

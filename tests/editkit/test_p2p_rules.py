@@ -75,8 +75,9 @@ def test_step_windows_follow_the_original(tok):
     alpha = text.cross_replace_alpha(PROMPTS, 10, 0.8, tok, 77)
     assert alpha.shape == (11, 1, 1, 1, 77)
     assert alpha[:, 0, 0, 0, 0].tolist() == [1.0] * 8 + [0.0] * 3
-    alpha = text.cross_replace_alpha(PROMPTS, 10, {"default_": (0.2, 0.9), "car": 0.3}, tok, 77)
-    assert alpha[:, 0, 0, 0, 0].tolist() == [0.0, 0.0] + [1.0] * 7 + [0.0, 0.0]
+    alpha = text.cross_replace_alpha(PROMPTS, 10, {"default_": (0.2, 0.95), "car": 0.3}, tok, 77)
+    # int(0.95 * 11) = 10: the window is a fraction of the 11 rows, not of the 10 steps
+    assert alpha[:, 0, 0, 0, 0].tolist() == [0.0, 0.0] + [1.0] * 8 + [0.0]
     assert alpha[:, 0, 0, 0, 5].tolist() == [1.0] * 3 + [0.0] * 8
 
 
