@@ -5,12 +5,20 @@ same two-prompt batch, timed in one run on the same pipeline.
     python benchmarks/bench_p2p.py --full          # GPU: full SD 1.5 UNet (random weights), 512 px, fp16, 50 steps
 
 Goal: the P2P edit at most 1.10x the plain sampling time.
+
+Heatmaps: peak memory of an edit with attention heatmaps, storing every map the attention store used to
+keep (``return_attention="all"``: cross- and self-attention at latent / 2 and below) against what
+``return_attention=True`` keeps now (cross-attention only, all the heatmap grid draws), in the same run. On
+a GPU: CUDA peak allocated above the pipeline's weights. On the CPU each heatmap run goes to a fresh
+process (freed memory stays in a process's RSS), which reports its peak RSS above a warm plain edit.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,11 +37,15 @@ def main(argv=None):
     ap.add_argument("--full", action="store_true", help="full SD 1.5 UNet, 512 px, fp16, 50 steps (GPU)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats of each (the best is kept)")
+    ap.add_argument("--size", type=int, default=None, help="image size in px (default 128 on CPU, 512 with --full)")
+    ap.add_argument("--heatmap-child", choices=["all", "cross"], default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.heatmap_child:
+        return heatmap_child(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if (args.full and device.type == "cuda") else torch.float32
     steps = args.steps or (50 if args.full else 10)
-    size = 512 if args.full else 128
+    size = args.size or (512 if args.full else 128)
     pipe = sd15_pipeline(device, dtype, full=args.full)
     latent = torch.randn(1, 4, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor,
                          generator=torch.Generator().manual_seed(0)).to(device, dtype)
@@ -50,8 +62,22 @@ def main(argv=None):
         return p2p.generate(pipe, SOURCE, [TARGET], p2p.Replace(), local_blend=p2p.LocalBlend(["bicycle", "car"]),
                             num_inference_steps=steps, height=size, width=size, latents=latent, progress=False).images
 
+    def heatmaps(kind):
+        return lambda: p2p.generate(pipe, SOURCE, [TARGET], p2p.Replace(), num_inference_steps=steps, height=size,
+                                    width=size, latents=latent, progress=False,
+                                    return_attention=True if kind == "cross" else "all").images
+
     runs = {"plain diffusers": plain, "p2p replace": edit, "p2p replace + local blend": edit_blend}
+    if device.type == "cuda":
+        runs["heatmaps, full store (before)"] = heatmaps("all")
+        runs["heatmaps, cross only (after)"] = heatmaps("cross")
     results = best_of(runs, args.repeats, device)
+    heat_rows = {}
+    if device.type != "cuda":
+        for kind, label in (("all", "full store (before)"), ("cross", "cross only (after)")):
+            cmd = [sys.executable, __file__, "--heatmap-child", kind, "--steps", str(steps), "--size", str(size)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
+            heat_rows[label] = (float(out[0]), int(out[1]))
 
     base = results["plain diffusers"].seconds
     print(f"# bench_p2p  {datetime.date.today()}  commit {commit()}  device {device_name(device)}")
@@ -59,6 +85,29 @@ def main(argv=None):
     print(f"{'run':28s} {'time (s)':>9s} {'ratio':>6s} {'peak mem':>10s}")
     for name, m in results.items():
         print(f"{name:28s} {m.seconds:9.2f} {m.seconds / base:6.2f} {fmt_mb(m.peak_bytes):>10s}")
+    if heat_rows:
+        print("# heatmaps (p2p replace + return_attention), one fresh process each: peak RSS above a warm edit")
+        for label, (seconds, extra) in heat_rows.items():
+            print(f"heatmaps, {label:20s} {seconds:9.2f} {seconds / base:6.2f} {fmt_mb(extra):>10s}")
+
+
+def heatmap_child(args):
+    """One heatmap run in a fresh process: prints its time and its peak RSS above a warm plain P2P edit."""
+    import time
+
+    device = torch.device("cpu")
+    pipe = sd15_pipeline(device, torch.float32, full=False)
+    size, steps = args.size or 128, args.steps or 10
+    latent = torch.randn(1, 4, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor,
+                         generator=torch.Generator().manual_seed(0))
+    kw = dict(num_inference_steps=steps, height=size, width=size, latents=latent, progress=False)
+    p2p.generate(pipe, SOURCE, [TARGET], p2p.Replace(), **kw)  # warm: the high-water mark of an edit alone
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    p2p.generate(pipe, SOURCE, [TARGET], p2p.Replace(), return_attention=True if args.heatmap_child == "cross" else "all", **kw)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(seconds, peak - base)
 
 
 if __name__ == "__main__":

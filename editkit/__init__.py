@@ -9,6 +9,7 @@
 """
 
 from . import p2p
+from .editing import edit_image
 from .hooks import (
     AttentionCall,
     BatchLayout,
@@ -21,7 +22,7 @@ from .hooks import (
 )
 from .image import load_image
 from .inversion import METHODS as INVERSION_METHODS
-from .inversion import Inversion, edit_image, invert, reconstruct
+from .inversion import Inversion, invert, reconstruct
 from .models import ModelNotFoundError, load_pipeline
 from .pnp import PnPResult, pnp_edit
 

@@ -15,6 +15,13 @@ Size policy (:func:`load_image`):
 (64 px for SD 1.x/2.x, 32 px for SDXL) so every UNet level sees whole pixels. Images whose shorter side is
 below ``min_size`` (default ``multiple``) are refused rather than blown up from a few pixels.
 
+Size limit: images with more than :data:`MAX_PIXELS` pixels (width x height, 8192 x 8192 = 67.1 million)
+are refused with a ``ValueError`` before their pixels are decoded (the size comes from the file's header),
+so a crafted or huge file costs neither the time nor the memory of decoding it. The limit is a module
+constant (``editkit.image.MAX_PIXELS = ...`` changes it for the process) and a ``max_pixels`` argument of
+:func:`load_image`. Pillow's own decompression-bomb guard and truncated or corrupt files end in a
+``ValueError`` naming the file as well.
+
 Mode conversions: EXIF orientation is applied first (``ImageOps.exif_transpose``); transparent images
 (``RGBA``, ``LA``, ``PA`` and ``P`` with a transparency key) are composited on white; 16-bit grayscale
 (``I;16*``, and ``I`` holding values above 255) is scaled to 8 bits by ``1 / 257``; float images (``F``)
@@ -30,7 +37,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["load_image", "image_to_tensor", "model_multiple", "to_rgb"]
+__all__ = ["MAX_PIXELS", "load_image", "image_to_tensor", "model_multiple", "to_rgb"]
+
+MAX_PIXELS = 8192 * 8192  # largest image (width x height) load_image decodes; see the module docstring
 
 
 def model_multiple(pipe) -> int:
@@ -39,8 +48,17 @@ def model_multiple(pipe) -> int:
     return int(pipe.vae_scale_factor) * 2 ** (levels - 1)
 
 
-def _open(source) -> tuple[Image.Image, str]:
+def _check_pixels(image: Image.Image, name: str, max_pixels: int) -> None:
+    if image.width * image.height > max_pixels:
+        raise ValueError(
+            f"{name} is {image.width}x{image.height} px (width x height), {image.width * image.height:,} pixels: "
+            f"more than the limit of {max_pixels:,} (editkit.image.MAX_PIXELS); downscale it first"
+        )
+
+
+def _open(source, max_pixels: int) -> tuple[Image.Image, str]:
     if isinstance(source, Image.Image):
+        _check_pixels(source, "the image", max_pixels)
         return source, "<PIL image>"
     if not isinstance(source, str | os.PathLike):
         raise TypeError(f"image must be a file path or a PIL.Image, got {type(source).__name__}")
@@ -51,10 +69,18 @@ def _open(source) -> tuple[Image.Image, str]:
     if path.is_dir():
         raise ValueError(f"{name} is a folder, not an image file")
     try:
-        image = Image.open(path)
-        image.load()  # decode now: truncated or corrupt files fail here, not later
+        image = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{name} is refused as a decompression bomb ({e}); the limit is {max_pixels:,} pixels") from e
     except UnidentifiedImageError as e:
         raise ValueError(f"{name} is not an image file PIL can read") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"could not read the image {name}: {e}") from e
+    _check_pixels(image, name, max_pixels)  # before decoding a single pixel
+    try:
+        image.load()  # decode now: truncated or corrupt files fail here, not later
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{name} is refused as a decompression bomb ({e}); the limit is {max_pixels:,} pixels") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"could not read the image {name}: {e}") from e
     return image, name
@@ -76,13 +102,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
         a = np.asarray(image, dtype=np.float64)
         if mode.startswith("I;16") or a.max(initial=0) > 255:
             a = a / 257.0
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")  # uint8 [H, W]: mode L
     if mode == "F":
         a = np.asarray(image, dtype=np.float64)
         if a.size and np.nanmax(a) <= 1.0:
             a = a * 255.0
         a = np.nan_to_num(a)
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")  # uint8 [H, W]: mode L
     return image.convert("RGB")
 
 
@@ -98,6 +124,7 @@ def load_image(
     keep_aspect: bool = False,
     multiple: int = 8,
     min_size: int | None = None,
+    max_pixels: int | None = None,
 ) -> Image.Image:
     """Load ``image`` (a path or a PIL image) as an RGB PIL image of a size the model takes.
 
@@ -108,16 +135,18 @@ def load_image(
         keep_aspect: keep the aspect ratio (only with an int ``size`` or ``None``).
         multiple: both output sides are multiples of this (see :func:`model_multiple`).
         min_size: refuse images whose shorter side is smaller (default: ``multiple``).
+        max_pixels: refuse images with more pixels, before decoding them (default: :data:`MAX_PIXELS`).
 
     Raises:
         FileNotFoundError: no file at the path.
-        ValueError: not an image, unreadable, too small, or a size the model cannot take.
+        ValueError: not an image, unreadable or truncated, more than ``max_pixels`` pixels, too small, or a
+            size the model cannot take.
 
     Examples:
         >>> img = load_image("cat.jpg")                    # 512 x 512, center-cropped
         >>> img = load_image("cat.jpg", 768, keep_aspect=True)
     """
-    pil, name = _open(image)
+    pil, name = _open(image, MAX_PIXELS if max_pixels is None else max_pixels)
     pil = to_rgb(ImageOps.exif_transpose(pil))
     if multiple <= 0:
         raise ValueError(f"multiple must be positive, got {multiple}")

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -70,10 +70,13 @@ from .sampling import (
     predict_noise,
 )
 
-METHODS = ("ddim", "null-text", "negative-prompt", "direct")
+METHODS = ("ddim", "null-text", "negative-prompt", "direct")  # the one list of inversion method names
 _FORMAT = "editkit.inversion/1"
+# An inversion's latent may be at most this many times the model's default latent per side (2048 px for
+# SD 1.5, 4096 px for SDXL): a larger one costs minutes to hours per step. Set it higher to allow more.
+MAX_LATENT_FACTOR = 4
 
-__all__ = ["METHODS", "Inversion", "edit_image", "invert", "reconstruct", "prepare_image"]
+__all__ = ["METHODS", "Inversion", "check_inversion", "invert", "reconstruct", "prepare_image"]
 
 
 @dataclass
@@ -91,6 +94,7 @@ class Inversion:
     guidance_scale: float  # w the inversion was made for (null-text optimises for it)
     method: str  # one of METHODS
     uncond_embeddings: torch.Tensor | None = None  # [T, M, D] float32: ∅_t of sampling step i (null-text only)
+    source: str | None = field(default=None, repr=False, compare=False)  # the file it was loaded from
 
     @property
     def z0(self) -> torch.Tensor:
@@ -133,7 +137,18 @@ class Inversion:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Inversion:
-        """Read an inversion written by :meth:`save`."""
+        """Read an inversion written by :meth:`save`.
+
+        What the file says is checked before its tensors are read: the format, the method, a step count
+        in ``[1, 1000]``, a finite guidance scale, tensor shapes that agree with the step count; then every
+        value must be finite. Whether the inversion fits a given pipeline (channels, latent size, text
+        embedding size) is checked by :func:`check_inversion` when it is used.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: not an editkit inversion, or inconsistent, absurd or non-finite content; the
+                message names the file and the problem.
+        """
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)
@@ -142,19 +157,66 @@ class Inversion:
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as f:
                 meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                keys = set(f.keys())
+                if meta.get("format") != _FORMAT or "latents" not in keys:
+                    raise ValueError(
+                        f"{path} is not an editkit inversion (format {meta.get('format')!r}, expected {_FORMAT!r})"
+                    )
+                steps, guidance, method = _check_metadata(path, meta)
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
+                _check_shapes(path, shapes, steps)
+                tensors = {k: f.get_tensor(k) for k in keys}
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{path} is not a readable .safetensors file: {e}") from e
-        if meta.get("format") != _FORMAT or "latents" not in tensors:
-            raise ValueError(f"{path} is not an editkit inversion (format {meta.get('format')!r}, expected {_FORMAT!r})")
+        for name, t in tensors.items():
+            if not t.is_floating_point():
+                raise ValueError(f"{path}: {name} must hold floating-point values, got {t.dtype}")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{path}: the tensor {name!r} holds NaN or infinite values; invert the image again")
         return cls(
             latents=tensors["latents"],
-            prompt=meta["prompt"],
-            num_inference_steps=int(meta["num_inference_steps"]),
-            guidance_scale=float(meta["guidance_scale"]),
-            method=meta["method"],
+            prompt=meta.get("prompt", ""),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            method=method,
             uncond_embeddings=tensors.get("uncond_embeddings"),
+            source=str(path),
         )
+
+
+MAX_STEPS = 1000  # the training timesteps of every Stable Diffusion: DDIM cannot take more steps
+
+
+def _check_metadata(path, meta: dict) -> tuple[int, float, str]:
+    try:
+        steps = int(meta.get("num_inference_steps", ""))
+    except ValueError:
+        raise ValueError(f"{path}: num_inference_steps {meta.get('num_inference_steps')!r} is not an integer") from None
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"{path}: num_inference_steps {steps} is outside [1, {MAX_STEPS}]")
+    try:
+        guidance = float(meta.get("guidance_scale", ""))
+    except ValueError:
+        raise ValueError(f"{path}: guidance_scale {meta.get('guidance_scale')!r} is not a number") from None
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"{path}: guidance_scale {guidance} must be a finite number >= 0")
+    method = meta.get("method")
+    if method not in METHODS:
+        raise ValueError(f"{path}: unknown inversion method {method!r}; expected one of {', '.join(METHODS)}")
+    return steps, guidance, method
+
+
+def _check_shapes(path, shapes: dict, steps: int) -> None:
+    unknown = set(shapes) - {"latents", "uncond_embeddings"}
+    if unknown:
+        raise ValueError(f"{path}: unexpected tensors {sorted(unknown)}")
+    lat = shapes["latents"]
+    if len(lat) != 4 or lat[0] != steps + 1:
+        raise ValueError(f"{path}: latents of shape {list(lat)} do not fit {steps} steps (expected [{steps + 1}, C, h, w])")
+    if "uncond_embeddings" in shapes:
+        un = shapes["uncond_embeddings"]
+        if len(un) != 3 or un[0] != steps:
+            raise ValueError(f"{path}: uncond_embeddings of shape {list(un)} do not fit {steps} steps (expected [{steps}, M, D])")
 
 
 def prepare_image(pipe, image, size=None, keep_aspect: bool = False):
@@ -197,18 +259,50 @@ def _to_eps(scheduler, model_output: torch.Tensor, sample: torch.Tensor, alpha_p
 
 
 @torch.no_grad()
-def ddim_invert_latent(pipe, z0: torch.Tensor, cond: Conditioning, num_inference_steps: int, progress: bool = True) -> torch.Tensor:
+def sampling_timesteps(pipe, num_inference_steps: int) -> list[int]:
+    """The scheduler's ``T`` sampling timesteps, ascending (``t_1 < ... < t_T``)."""
+    pipe.scheduler.set_timesteps(num_inference_steps)
+    return [int(t) for t in pipe.scheduler.timesteps.flip(0)]
+
+
+def ddim_invert_latent(
+    pipe,
+    z0: torch.Tensor,
+    cond: Conditioning,
+    num_inference_steps: int,
+    progress: bool = True,
+    inversion_steps: int | None = None,
+) -> torch.Tensor:
     """Plain DDIM inversion (2) of ``z0`` ``[1, C, h, w]`` with the conditional prediction only (guidance 1).
 
-    Returns the trajectory ``[T + 1, C, h, w]`` (float32), ``latents[0] = z0``.
+    ``inversion_steps`` (default ``T = num_inference_steps``): invert with this many finer DDIM steps and keep
+    the latents at the ``T`` sampling timesteps only, as pnp-diffusers does (``preprocess.py --steps 999``
+    saves ``noisy_latents_{t}`` for every t; ``pnp.py`` then samples 50 steps from those files). Every
+    sampling timestep must be one of the inversion's timesteps (true for 999 and for multiples of ``T``
+    with the DDIM "leading" spacing).
+
+    Returns the trajectory ``[T + 1, C, h, w]`` (float32), ``latents[0] = z0``, ``latents[k]`` at ``t_k``.
     """
     check_steps(num_inference_steps)
+    inversion_steps = num_inference_steps if inversion_steps is None else inversion_steps
+    check_steps(inversion_steps)
     scheduler = pipe.scheduler
-    scheduler.set_timesteps(num_inference_steps, device=z0.device)
+    keep = sampling_timesteps(pipe, num_inference_steps)
+    max_steps = int(scheduler.config.num_train_timesteps)
+    if not num_inference_steps <= inversion_steps < max_steps or (
+        inversion_steps != num_inference_steps and not set(keep) <= set(sampling_timesteps(pipe, inversion_steps))
+    ):
+        raise ValueError(
+            f"inversion_steps={inversion_steps} cannot serve {num_inference_steps} sampling steps: it must be in "
+            f"[{num_inference_steps}, {max_steps - 1}] and its timesteps must include the sampling timesteps "
+            f"(999, or a multiple of {num_inference_steps}, works)"
+        )
+    keep = set(keep)
+    scheduler.set_timesteps(inversion_steps, device=z0.device)
     stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     z = z0.float()
     trajectory = [z]
-    timesteps = scheduler.timesteps.flip(0)  # t_1 < t_2 < ... < t_T
+    timesteps = scheduler.timesteps.flip(0)  # t_1 < t_2 < ... < t_N
     for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="DDIM inversion", leave=False)):
         t = int(t)
         alpha_prod_t_prev = _alpha_prod(scheduler, t - stride).to(z.device)  # ᾱ_{t-1}: where z is now
@@ -220,8 +314,10 @@ def ddim_invert_latent(pipe, z0: torch.Tensor, cond: Conditioning, num_inference
         # (2): predicted z_0, then re-noised to level t
         pred_z0 = (z - (1 - alpha_prod_t_prev) ** 0.5 * eps) / alpha_prod_t_prev**0.5
         z = alpha_prod_t**0.5 * pred_z0 + (1 - alpha_prod_t) ** 0.5 * eps
-        trajectory.append(z)
+        if t in keep:
+            trajectory.append(z)
         progress_report(DDIM_INVERSION, i + 1, len(timesteps))
+    scheduler.set_timesteps(num_inference_steps, device=z0.device)
     return torch.cat(trajectory)
 
 
@@ -302,6 +398,7 @@ def invert(
     size: int | tuple[int, int] | None = None,
     keep_aspect: bool = False,
     progress: bool = True,
+    inversion_steps: int | None = None,
 ) -> Inversion:
     """Invert a real image into the pipeline's DDIM trajectory.
 
@@ -317,6 +414,9 @@ def invert(
             ``early_stop_epsilon + i * 2e-5`` (1e-5).
         size, keep_aspect: passed to :func:`prepare_image` (default: the model's size, center-cropped).
         progress: show progress bars.
+        inversion_steps: DDIM inversion steps (default: ``num_inference_steps``); more, finer steps keep the
+            inverted latents closer to the image's true trajectory (pnp-diffusers inverts with 999 and
+            samples 50). The inversion keeps the latents at the ``num_inference_steps`` sampling timesteps.
 
     Returns:
         :class:`Inversion`.
@@ -344,7 +444,7 @@ def invert(
     cond = encode_prompts(pipe, [prompt], height=pil.height, width=pil.width)
 
     # 4. DDIM inversion (2), conditional prediction only
-    trajectory = ddim_invert_latent(pipe, z0, cond, num_inference_steps, progress=progress)
+    trajectory = ddim_invert_latent(pipe, z0, cond, num_inference_steps, progress=progress, inversion_steps=inversion_steps)
 
     # 5. Null-text optimisation (4)
     uncond = None
@@ -377,15 +477,54 @@ def inversion_conditioning(pipe, inversion: Inversion, prompts=None, height=None
 
 
 def check_inversion(pipe, inversion: Inversion) -> None:
+    """Refuse an inversion that ``pipe`` cannot use, or could use only at an absurd cost.
+
+    Checked: the method; the step count (at most the scheduler's training timesteps); the latents
+    ``[T + 1, C, h, w]`` (the model's channels; ``h`` and ``w`` multiples of what the UNet takes and at most
+    :data:`MAX_LATENT_FACTOR` times its default latent size); null-text embeddings ``[T, M, D]`` matching the
+    text encoder; every value finite.
+
+    Raises:
+        TypeError: not an :class:`Inversion`.
+        ValueError: the message names the inversion's file (when loaded from one) and the problem.
+    """
     if not isinstance(inversion, Inversion):
         raise TypeError(f"expected an editkit Inversion, got {type(inversion).__name__}")
+    where = inversion.source or "the inversion"
+    check_method(inversion.method)
+    steps = inversion.num_inference_steps
+    max_steps = int(getattr(pipe.scheduler.config, "num_train_timesteps", MAX_STEPS))
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= max_steps:
+        raise ValueError(f"{where}: num_inference_steps {steps!r} is outside [1, {max_steps}] for this scheduler")
+    latents = inversion.latents
     channels = pipe.unet.config.in_channels
-    if inversion.latents.ndim != 4 or inversion.latents.shape[1] != channels:
-        raise ValueError(f"inversion latents {tuple(inversion.latents.shape)} do not fit this model ({channels} latent channels)")
-    if inversion.latents.shape[0] != inversion.num_inference_steps + 1:
+    if latents.ndim != 4 or latents.shape[1] != channels:
+        raise ValueError(f"{where}: latents {tuple(latents.shape)} do not fit this model ({channels} latent channels)")
+    if latents.shape[0] != steps + 1:
+        raise ValueError(f"{where}: holds {latents.shape[0]} latents but says {steps} steps")
+    h, w = latents.shape[-2:]
+    step = max(1, model_multiple(pipe) // pipe.vae_scale_factor)
+    largest = MAX_LATENT_FACTOR * pipe.unet.config.sample_size
+    if h % step or w % step or not 0 < h <= largest or not 0 < w <= largest:
         raise ValueError(
-            f"inversion holds {inversion.latents.shape[0]} latents but says {inversion.num_inference_steps} steps"
+            f"{where}: a {h}x{w} latent ({h * pipe.vae_scale_factor}x{w * pipe.vae_scale_factor} px) does not fit "
+            f"this model: each side must be a multiple of {step} and at most {largest} "
+            f"(MAX_LATENT_FACTOR={MAX_LATENT_FACTOR} times its default latent size)"
         )
+    if inversion.uncond_embeddings is not None:
+        cond_dim = pipe.unet.config.cross_attention_dim
+        cond_dim = cond_dim[0] if isinstance(cond_dim, list | tuple) else cond_dim
+        expected = (steps, pipe.tokenizer.model_max_length, cond_dim)
+        if tuple(inversion.uncond_embeddings.shape) != expected:
+            raise ValueError(
+                f"{where}: null-text embeddings {tuple(inversion.uncond_embeddings.shape)} do not fit this model "
+                f"(expected {expected})"
+            )
+        if not torch.isfinite(inversion.uncond_embeddings).all():
+            raise ValueError(f"{where}: null-text embeddings hold NaN or infinite values")
+    if not torch.isfinite(latents).all():
+        raise ValueError(f"{where}: latents hold NaN or infinite values; invert the image again")
+    _check_guidance(inversion.guidance_scale)
 
 
 @torch.no_grad()
@@ -420,93 +559,10 @@ def reconstruct(
     return decode_latents(pipe, latents, output_type=output_type)[0]
 
 
-def edit_image(
-    pipe,
-    image_or_inversion,
-    source_prompt: str,
-    target_prompts,
-    edit=None,
-    local_blend=None,
-    inversion: str = "null-text",
-    num_inference_steps: int = 50,
-    guidance_scale: float = 7.5,
-    generator: torch.Generator | None = None,
-    return_inversion: bool = False,
-    *,
-    return_attention: bool = False,
-    progress: bool = True,
-    **invert_kwargs,
-):
-    """Prompt-to-Prompt on a real image: invert it (or reuse an :class:`Inversion`), then edit.
+def __getattr__(name):
+    # ``edit_image`` lived here before editing a real image got its own module; keep old imports working.
+    if name == "edit_image":
+        from .editing import edit_image
 
-    The source row starts from the inverted noise and, through the inversion's conditioning, reconstructs
-    the image; the target rows are edited by ``edit`` / ``local_blend`` exactly as in
-    :func:`editkit.p2p.generate` (swap, refine, reweight, local blend all work). Pass the returned
-    ``result.inversion`` (``return_inversion=True``) back in to make several edits from one inversion.
-
-    Args:
-        image_or_inversion: a path, a PIL image or an :class:`Inversion` (then ``inversion``,
-            ``num_inference_steps`` and ``guidance_scale`` come from it, and ``source_prompt`` must be the
-            prompt it was inverted with).
-        inversion: the method when an image is given (see :data:`METHODS`).
-        generator: unused by the deterministic inversions; accepted for API symmetry with ``generate``.
-        invert_kwargs: passed to :func:`invert` (``num_inner_steps``, ``size``, ...).
-
-    Returns:
-        :class:`editkit.p2p.P2PResult`, with ``.inversion`` set when ``return_inversion=True``.
-    """
-    from .p2p import generate
-
-    # 1. Inversion (or reuse one)
-    if isinstance(image_or_inversion, Inversion):
-        inv = image_or_inversion
-        check_inversion(pipe, inv)
-        if inv.prompt != source_prompt:
-            raise ValueError(
-                f"the inversion was made with the prompt {inv.prompt!r}, not the source prompt {source_prompt!r}; "
-                "invert again with this source prompt"
-            )
-    else:
-        check_method(inversion)
-        inv = invert(pipe, image_or_inversion, source_prompt, inversion, num_inference_steps, guidance_scale,
-                     progress=progress, **invert_kwargs)
-    device = pipe._execution_device
-    h, w = inv.latents.shape[-2:]
-
-    # 2. The inversion's conditioning: ∅_t (null-text), ∅ := C_src (negative prompt, 5), source row put back
-    #    on the pivot (Direct Inversion, 6)
-    uncond = None
-    if inv.method == "null-text":
-        uncond = inv.uncond_list(device, pipe.unet.dtype)
-    # negative-prompt (5): ∅ := C_src is the source prompt used as the negative prompt, which also carries
-    # SDXL's pooled embedding through the pipeline's own encoder
-    negative_prompt = inv.prompt if inv.method == "negative-prompt" else None
-    callback = None
-    if inv.method == "direct":
-
-        def callback(i, latents):
-            latents = latents.clone()
-            latents[0] = inv.latent_at(i)[0].to(device=latents.device, dtype=latents.dtype)
-            return latents
-
-    # 3. Prompt-to-Prompt from the inverted noise
-    result = generate(
-        pipe,
-        source_prompt,
-        target_prompts,
-        edit=edit,
-        local_blend=local_blend,
-        num_inference_steps=inv.num_inference_steps,
-        guidance_scale=inv.guidance_scale,
-        latents=inv.noise.to(device=device, dtype=pipe.unet.dtype),
-        height=h * pipe.vae_scale_factor,
-        width=w * pipe.vae_scale_factor,
-        return_attention=return_attention,
-        progress=progress,
-        uncond_embeddings=uncond,
-        negative_prompt=negative_prompt,
-        step_callback=callback,
-    )
-    if return_inversion:
-        result.inversion = inv
-    return result
+        return edit_image
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

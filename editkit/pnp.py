@@ -34,8 +34,16 @@ For SD 1.x/2.x this is exactly the reference (``up_blocks[1].resnets[1]``; ``res
 2: [0, 1, 2], 3: [0, 1, 2]}``, "blocks 4-11 of the decoder"). SDXL has no reference; the rule picks the
 same relative place (the coarsest decoder level with attention, 32x32 at 1024 px).
 
-Defaults follow the reference's ``config_pnp.yaml``: 50 steps, guidance 7.5, ``pnp_f_t=0.8``,
+Sampling defaults follow the reference's ``config_pnp.yaml``: 50 steps, guidance 7.5, ``pnp_f_t=0.8``,
 ``pnp_attn_t=0.5``, negative prompt ``"ugly, blurry, black, low res, unrealistic"``.
+
+Inversion: **not** the reference's by default. pnp-diffusers' ``preprocess.py`` inverts with 999 DDIM steps
+(``--steps 999``: every timestep 1..999) and saves the latent at each; sampling then starts from the latent
+at the first of its 50 timesteps (981) and reads the source row's latent at each of them. Here the default
+inverts with the sampling's own 50 steps (``inversion_steps=None``), 20x cheaper; ``inversion_steps=999``
+reproduces the reference: the same fine inversion, the latents kept at the 50 sampling timesteps, and
+sampling starting from the latent at timestep 981 exactly as the reference does. (Measured on the tiny test
+model: see ``benchmarks/bench_real_edit.py --pnp-inversion``.)
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from .hooks import AttentionCall, BatchLayout, Controller, describe_layers, hook
 from .inversion import Inversion, check_inversion, invert
 from .progress import PNP
 from .progress import report as progress_report
-from .sampling import check_steps, decode_latents, encode_prompts
+from .sampling import check_guidance, check_steps, decode_latents, encode_prompts
 
 DEFAULT_NEGATIVE_PROMPT = "ugly, blurry, black, low res, unrealistic"
 
@@ -153,6 +161,7 @@ def pnp_edit(
     output_type: str = "pil",
     size: int | tuple[int, int] | None = None,
     keep_aspect: bool = False,
+    inversion_steps: int | None = None,
 ) -> PnPResult:
     """Edit a real image into ``target_prompt`` with Plug-and-Play feature and self-attention injection.
 
@@ -171,6 +180,9 @@ def pnp_edit(
         return_inversion: attach the inversion to the result, to make more edits from it.
         progress: show progress bars.
         size, keep_aspect: how an image is fitted to the model (see :func:`editkit.image.load_image`).
+        inversion_steps: DDIM inversion steps when an image is given: ``None`` (default) inverts with
+            ``num_inference_steps``; ``999`` is the reference's (pnp-diffusers ``preprocess.py``), about
+            20x the inversion time.
 
     Examples:
         >>> res = pnp_edit(pipe, "horse.jpg", "a photo of a pink toy horse on the beach", return_inversion=True)
@@ -183,8 +195,7 @@ def pnp_edit(
     targets = [target_prompt] if isinstance(target_prompt, str) else list(target_prompt)
     if not targets or any(not isinstance(p, str) for p in targets):
         raise ValueError(f"target_prompt must be a string or a list of strings, got {target_prompt!r}")
-    if guidance_scale < 1.0:
-        raise ValueError(f"guidance_scale must be >= 1, got {guidance_scale}")
+    guidance_scale = check_guidance(guidance_scale)
 
     # 2. DDIM inversion with the source prompt (or reuse one)
     if isinstance(image_or_inversion, Inversion):
@@ -196,7 +207,7 @@ def pnp_edit(
     else:
         check_steps(num_inference_steps)
         inv = invert(pipe, image_or_inversion, source_prompt, "ddim", num_inference_steps, guidance_scale,
-                     size=size, keep_aspect=keep_aspect, progress=progress)
+                     size=size, keep_aspect=keep_aspect, progress=progress, inversion_steps=inversion_steps)
     T = inv.num_inference_steps
     device, dtype = pipe._execution_device, pipe.unet.dtype
     latent_hw = tuple(inv.latents.shape[-2:])

@@ -9,6 +9,7 @@ conditioning come from the pipeline's own methods, so they stay exactly what dif
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -143,6 +144,8 @@ def initial_latents(pipe, num_prompts: int, height: int, width: int, generator=N
             latents = latents[None]
         if latents.shape[1:] != shape[1:] or latents.shape[0] not in (1, num_prompts):
             raise ValueError(f"latents must have shape [1 or {num_prompts}, {shape[1]}, {shape[2]}, {shape[3]}], got {tuple(latents.shape)}")
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents hold NaN or infinite values")
     return latents.expand(num_prompts, *latents.shape[1:]).clone()
 
 
@@ -182,7 +185,8 @@ def denoise(
     """The guided denoising loop (DDIM by default) from ``latents`` ``[P, C, h, w]``.
 
     Every UNet call is preceded by ``session.set_step(i, t)`` and every scheduler step followed by
-    ``session.step_end`` (local blend and other latent-space controllers) and ``step_callback(i, latents)``.
+    ``step_callback(i, latents)`` (a correction such as Direct Inversion's) and then ``session.step_end``
+    (local blend and other latent-space controllers).
     """
     check_steps(num_inference_steps)
     pipe.scheduler.set_timesteps(num_inference_steps, device=latents.device)
@@ -193,10 +197,12 @@ def denoise(
     for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="sampling", leave=False)):
         noise = predict_noise(pipe, latents, t, cond, i, guidance_scale, session)
         latents = pipe.scheduler.step(noise, t, latents, return_dict=False, **extra)[0]
-        if session is not None:
-            latents = session.step_end(latents)
+        # corrections first (Direct Inversion puts the source row back on its trajectory), then the
+        # controllers (local blend copies that corrected source outside its mask), as PnPInversion does
         if step_callback is not None:
             latents = step_callback(i, latents)
+        if session is not None:
+            latents = session.step_end(latents)
         progress_report(SAMPLING, i + 1, len(timesteps))
     return latents
 
@@ -205,6 +211,14 @@ def _step_params(scheduler):
     import inspect
 
     return inspect.signature(scheduler.step).parameters
+
+
+def check_guidance(guidance_scale, minimum: float = 1.0) -> float:
+    """A finite classifier-free guidance scale ``>= minimum`` (NaN or infinite guidance gives black images)."""
+    if (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float)
+            or not math.isfinite(guidance_scale) or guidance_scale < minimum):
+        raise ValueError(f"guidance_scale must be a finite number >= {minimum:g}, got {guidance_scale!r}")
+    return float(guidance_scale)
 
 
 def check_steps(num_inference_steps) -> None:

@@ -12,7 +12,9 @@ Semantics kept from the original (published results depend on them):
   :class:`~editkit.hooks.BatchLayout` says where it is.)
 * Cross-attention is replaced in every layer, weighted per step and token by ``cross_replace_alpha``;
   self-attention is replaced during the ``self_replace_steps`` window, only in layers whose feature map
-  is at most the latent size / 4 per side (the original's ``<= 16 ** 2`` pixels at 512 px).
+  is at most the latent size / 4 per side (the text-to-image notebook's ``<= 16 ** 2`` pixels at 512 px);
+  real-image edits (:func:`editkit.editing.edit_image`) use latent / 2 (the null-text notebook's and
+  PnPInversion's ``<= 32 ** 2``), chosen by ``self_replace_min_factor``.
 * The attention store keeps layers at most latent / 2 per side (the original's ``<= 32 ** 2`` at 512 px),
   after the edit, summed over steps; averages are over steps, layers and heads.
 * Local blend uses the cross-attention maps of the down and up layers at latent / 4 per side (the
@@ -34,7 +36,8 @@ from ..hooks import AttentionCall, Controller, HookSession
 from . import text
 
 STORE_MIN_FACTOR = 2  # store layers whose map is at most latent / 2 per side (32x32 at 512 px)
-SELF_REPLACE_MIN_FACTOR = 4  # replace self-attention at most latent / 4 per side (16x16 at 512 px)
+SELF_REPLACE_MIN_FACTOR = 4  # replace self-attention at most latent / 4 per side (16x16 at 512 px), text-to-image
+REAL_IMAGE_SELF_REPLACE_MIN_FACTOR = 2  # at most latent / 2 per side (32x32 at 512 px): the real-image code's rule
 BLEND_FACTOR = 4  # local blend reads the latent / 4 cross-attention maps (16x16 at 512 px)
 BLEND_PLACES = ("down", "up")
 
@@ -111,15 +114,21 @@ class AttentionEdit(Controller):
         num_steps: denoising steps of the run (the schedules are fractions of it).
         cross_replace_steps: fraction, ``(start, end)`` window, or per-word dict with ``"default_"``.
         self_replace_steps: fraction or ``(start, end)`` window.
+        self_replace_min_factor: replace self-attention only in layers at most latent / this per side
+            (4: text-to-image rule; 2: real-image rule).
     """
 
     cond_rows_only = True
 
-    def __init__(self, prompts, tokenizer, num_steps: int, cross_replace_steps=0.8, self_replace_steps=0.4, max_len: int = 77):
+    def __init__(self, prompts, tokenizer, num_steps: int, cross_replace_steps=0.8, self_replace_steps=0.4, max_len: int = 77,
+                 self_replace_min_factor: int = SELF_REPLACE_MIN_FACTOR):
         if len(prompts) < 2:
             raise ValueError("an edit needs a source prompt and at least one target prompt")
+        if isinstance(self_replace_min_factor, bool) or not isinstance(self_replace_min_factor, int) or self_replace_min_factor < 1:
+            raise ValueError(f"self_replace_min_factor must be a positive integer (2 or 4), got {self_replace_min_factor!r}")
         self.prompts = list(prompts)
         self.max_len = max_len
+        self.self_replace_min_factor = self_replace_min_factor
         self.cross_alpha = text.cross_replace_alpha(prompts, num_steps, cross_replace_steps, tokenizer, max_len)
         self.self_window = text.step_window(self_replace_steps, num_steps)
 
@@ -127,7 +136,7 @@ class AttentionEdit(Controller):
         if call.layer.is_cross:
             return bool(self.cross_alpha[call.step].any())  # alpha 0 everywhere: the edit is the identity
         start, end = self.self_window
-        return start <= call.step < end and call.layer.factor >= SELF_REPLACE_MIN_FACTOR
+        return start <= call.step < end and call.layer.factor >= self.self_replace_min_factor
 
     def on_probs(self, probs: torch.Tensor, call: AttentionCall) -> torch.Tensor:
         rows = call.layout.cond
@@ -152,8 +161,10 @@ class AttentionEdit(Controller):
 class ReplaceEdit(AttentionEdit):
     """Word swap: the target tokens take the source tokens' attention through a mapping matrix."""
 
-    def __init__(self, prompts, tokenizer, num_steps, cross_replace_steps=0.8, self_replace_steps=0.4, max_len=77):
-        super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len)
+    def __init__(self, prompts, tokenizer, num_steps, cross_replace_steps=0.8, self_replace_steps=0.4, max_len=77,
+                 self_replace_min_factor=SELF_REPLACE_MIN_FACTOR):
+        super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len,
+                         self_replace_min_factor)
         self.mapper = torch.stack([text.replacement_mapper(prompts[0], p, tokenizer, max_len) for p in prompts[1:]])
 
     def replace_cross_attention(self, base, replace):
@@ -163,8 +174,10 @@ class ReplaceEdit(AttentionEdit):
 class RefineEdit(AttentionEdit):
     """Refinement: tokens aligned with the source take its attention; new tokens keep their own."""
 
-    def __init__(self, prompts, tokenizer, num_steps, cross_replace_steps=0.8, self_replace_steps=0.4, max_len=77):
-        super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len)
+    def __init__(self, prompts, tokenizer, num_steps, cross_replace_steps=0.8, self_replace_steps=0.4, max_len=77,
+                 self_replace_min_factor=SELF_REPLACE_MIN_FACTOR):
+        super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len,
+                         self_replace_min_factor)
         pairs = [text.refinement_mapper(prompts[0], p, tokenizer, max_len) for p in prompts[1:]]
         self.mapper = torch.stack([m for m, _ in pairs])  # [P-1, M]
         self.alphas = torch.stack([a for _, a in pairs]).reshape(len(pairs), 1, 1, max_len)  # [P-1, 1, 1, M]
@@ -184,8 +197,10 @@ class ReweightEdit(AttentionEdit):
     """
 
     def __init__(self, prompts, tokenizer, num_steps, weights, base: AttentionEdit | None = None,
-                 cross_replace_steps=0.8, self_replace_steps=0.4, max_len=77):
-        super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len)
+                 cross_replace_steps=0.8, self_replace_steps=0.4, max_len=77,
+                 self_replace_min_factor=SELF_REPLACE_MIN_FACTOR):
+        super().__init__(prompts, tokenizer, num_steps, cross_replace_steps, self_replace_steps, max_len,
+                         self_replace_min_factor)
         self.base = base
         self.equalizer = text.equalizer(prompts[1:], weights, tokenizer, max_len)  # [P-1, M]
 
@@ -221,7 +236,7 @@ class LocalBlendControl(Controller):
         alpha = torch.zeros(len(prompts), max_len)
         for row, (prompt, ws) in enumerate(zip(prompts, words, strict=True)):
             for w in [ws] if isinstance(ws, str) else ws:
-                alpha[row, text.word_token_indices(prompt, w, tokenizer)] = 1
+                alpha[row, text.check_within(prompt, w, text.word_token_indices(prompt, w, tokenizer), max_len)] = 1
         return alpha  # [P, M]
 
     def reset(self) -> None:

@@ -27,6 +27,7 @@ from .. import sampling
 from ..hooks import hooked
 from .controllers import (
     BLEND_FACTOR,
+    SELF_REPLACE_MIN_FACTOR,
     AttentionEdit,
     AttentionStore,
     LocalBlendControl,
@@ -34,6 +35,8 @@ from .controllers import (
     ReplaceEdit,
     ReweightEdit,
 )
+
+ATTENTION_CHOICES = (False, True, "cross", "all")  # values of generate(return_attention=...)
 
 
 # --- What the user asks for: plain dataclasses, turned into controllers once the prompts are known ----------
@@ -44,8 +47,9 @@ class Replace:
     cross_replace_steps: float | tuple[float, float] | dict = 0.8
     self_replace_steps: float | tuple[float, float] = 0.4
 
-    def build(self, prompts, tokenizer, num_steps, max_len) -> AttentionEdit:
-        return ReplaceEdit(prompts, tokenizer, num_steps, self.cross_replace_steps, self.self_replace_steps, max_len)
+    def build(self, prompts, tokenizer, num_steps, max_len, self_replace_min_factor=SELF_REPLACE_MIN_FACTOR) -> AttentionEdit:
+        return ReplaceEdit(prompts, tokenizer, num_steps, self.cross_replace_steps, self.self_replace_steps, max_len,
+                           self_replace_min_factor)
 
 
 @dataclass
@@ -55,8 +59,9 @@ class Refine:
     cross_replace_steps: float | tuple[float, float] | dict = 0.8
     self_replace_steps: float | tuple[float, float] = 0.4
 
-    def build(self, prompts, tokenizer, num_steps, max_len) -> AttentionEdit:
-        return RefineEdit(prompts, tokenizer, num_steps, self.cross_replace_steps, self.self_replace_steps, max_len)
+    def build(self, prompts, tokenizer, num_steps, max_len, self_replace_min_factor=SELF_REPLACE_MIN_FACTOR) -> AttentionEdit:
+        return RefineEdit(prompts, tokenizer, num_steps, self.cross_replace_steps, self.self_replace_steps, max_len,
+                          self_replace_min_factor)
 
 
 @dataclass
@@ -68,10 +73,10 @@ class Reweight:
     cross_replace_steps: float | tuple[float, float] | dict = 0.8
     self_replace_steps: float | tuple[float, float] = 0.4
 
-    def build(self, prompts, tokenizer, num_steps, max_len) -> AttentionEdit:
-        base = None if self.base is None else self.base.build(prompts, tokenizer, num_steps, max_len)
+    def build(self, prompts, tokenizer, num_steps, max_len, self_replace_min_factor=SELF_REPLACE_MIN_FACTOR) -> AttentionEdit:
+        base = None if self.base is None else self.base.build(prompts, tokenizer, num_steps, max_len, self_replace_min_factor)
         return ReweightEdit(prompts, tokenizer, num_steps, self.weights, base, self.cross_replace_steps,
-                            self.self_replace_steps, max_len)
+                            self.self_replace_steps, max_len, self_replace_min_factor)
 
 
 @dataclass
@@ -93,7 +98,7 @@ class P2PResult:
     targets: list[Image.Image]
     latents: torch.Tensor  # [P, C, h, w] final latents, source first
     prompts: list[str]
-    attention: AttentionStore | None = None  # stored maps when return_attention=True
+    attention: AttentionStore | None = None  # stored maps when return_attention is set (cross only unless "all")
     mask: torch.Tensor | None = None  # last local-blend mask [P, 1, h, w] when local_blend was used
 
     @property
@@ -109,8 +114,7 @@ def check_inputs(source_prompt, target_prompts, guidance_scale) -> list[str]:
     target_prompts = list(target_prompts)
     if any(not isinstance(p, str) or not p.strip() for p in target_prompts):
         raise ValueError(f"target prompts must be non-empty strings, got {target_prompts!r}")
-    if guidance_scale < 1.0:
-        raise ValueError(f"guidance_scale must be >= 1, got {guidance_scale}")
+    sampling.check_guidance(guidance_scale)
     return [source_prompt, *target_prompts]
 
 
@@ -129,11 +133,12 @@ def generate(
     latents: torch.Tensor | None = None,
     height: int | None = None,
     width: int | None = None,
-    return_attention: bool = False,
+    return_attention: bool | str = False,
     progress: bool = True,
     uncond_embeddings: Sequence[torch.Tensor] | None = None,
     step_callback: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     output_type: str = "pil",
+    self_replace_min_factor: int = SELF_REPLACE_MIN_FACTOR,
 ) -> P2PResult:
     """Generate the source image and its Prompt-to-Prompt edits from one shared initial noise.
 
@@ -148,10 +153,17 @@ def generate(
         guidance_scale: classifier-free guidance (7.5 in the paper).
         negative_prompt: unconditional prompt; ``None`` is the empty prompt, as the original.
         generator / latents: the initial noise, ``[1, C, h, w]`` shared by all prompts.
-        return_attention: store the averaged attention maps (``result.attention``) for visualisation.
+        return_attention: store attention maps (``result.attention``) for visualisation: ``True`` or
+            ``"cross"`` keeps the cross-attention maps (what :func:`~editkit.p2p.cross_attention_grid` draws),
+            ``"all"`` also the self-attention maps (for :func:`~editkit.p2p.self_attention_components`;
+            ``[N, N]`` per layer at latent / 2 and below, far larger), ``False`` nothing.
         progress: show a progress bar.
         uncond_embeddings: one ``[1, M, D]`` unconditional embedding per step (null-text inversion).
-        step_callback: ``f(i, latents [P, C, h, w]) -> latents`` after each step (Direct Inversion).
+        step_callback: ``f(i, latents [P, C, h, w]) -> latents`` after each scheduler step, before the
+            controllers' step callback (local blend): Direct Inversion's source correction.
+        self_replace_min_factor: self-attention is replaced in layers at most latent / this per side: 4 (the
+            text-to-image notebook's ``16 ** 2`` at 512 px, the default here) or 2 (the real-image rule,
+            ``32 ** 2``, the default of :func:`editkit.editing.edit_image`).
     """
     # 1. Check inputs
     prompts = check_inputs(source_prompt, target_prompts, guidance_scale)
@@ -169,10 +181,13 @@ def generate(
     max_len = tokenizer.model_max_length
     controllers = []
     if edit is not None:
-        controllers.append(edit.build(prompts, tokenizer, num_inference_steps, max_len))
+        controllers.append(edit.build(prompts, tokenizer, num_inference_steps, max_len, self_replace_min_factor))
     store = None
+    if return_attention not in ATTENTION_CHOICES:
+        raise ValueError(f"return_attention must be one of {ATTENTION_CHOICES}, got {return_attention!r}")
     if return_attention:
-        store = AttentionStore()
+        # what cross_attention_grid draws: cross-attention only, unless self-attention is asked for
+        store = AttentionStore(cross_only=return_attention != "all")
     elif local_blend is not None:
         store = AttentionStore(min_factor=BLEND_FACTOR, cross_only=True)
     if store is not None:

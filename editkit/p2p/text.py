@@ -44,6 +44,17 @@ def word_token_indices(text: str, word: str | int, tokenizer, strict: bool = Tru
     return out
 
 
+def check_within(text: str, word, indices: Sequence[int], max_len: int) -> list[int]:
+    """Refuse a word whose tokens fall beyond the text encoder's ``max_len`` tokens (start token included):
+    the encoder truncates them away, so an edit of that word would silently change nothing."""
+    if any(i >= max_len - 1 for i in indices):
+        raise ValueError(
+            f"the word {word!r} of the prompt {text!r} falls after the text encoder's limit of {max_len} tokens "
+            f"(its tokens are at positions {list(indices)}, the last usable is {max_len - 2}); shorten the prompt"
+        )
+    return list(indices)
+
+
 def replacement_mapper(source: str, target: str, tokenizer, max_len: int) -> torch.Tensor:
     """``[max_len, max_len]`` matrix moving source-token attention to target tokens for a word swap.
 
@@ -58,8 +69,8 @@ def replacement_mapper(source: str, target: str, tokenizer, max_len: int) -> tor
             "that add or remove words"
         )
     inds_replace = [i for i in range(len(words_y)) if words_y[i] != words_x[i]]
-    inds_source = [word_token_indices(source, i, tokenizer) for i in inds_replace]
-    inds_target = [word_token_indices(target, i, tokenizer) for i in inds_replace]
+    inds_source = [check_within(source, words_x[i], word_token_indices(source, i, tokenizer), max_len) for i in inds_replace]
+    inds_target = [check_within(target, words_y[i], word_token_indices(target, i, tokenizer), max_len) for i in inds_replace]
     mapper = np.zeros((max_len, max_len))
     i = j = 0
     cur = 0
@@ -135,8 +146,12 @@ def refinement_mapper(source: str, target: str, tokenizer, max_len: int) -> tupl
     target tokens with no counterpart in the source (they keep their own attention), else 1.
     """
     x_seq, y_seq = tokenizer.encode(source), tokenizer.encode(target)
-    if len(y_seq) > max_len:
-        raise ValueError(f"the prompt {target!r} is longer than the text encoder's {max_len} tokens")
+    for prompt, seq in ((source, x_seq), (target, y_seq)):
+        if len(seq) > max_len:
+            raise ValueError(
+                f"the prompt {prompt!r} is {len(seq)} tokens, longer than the text encoder's limit of {max_len}: "
+                "Refine would align words the encoder never sees; shorten it"
+            )
     base = _target_to_source(x_seq, y_seq, _global_align(x_seq, y_seq))
     alphas = torch.ones(max_len)
     alphas[: base.shape[0]] = base[:, 1].ne(-1).float()
@@ -195,7 +210,7 @@ def cross_replace_alpha(
             continue
         found = False
         for p in range(1, len(prompts)):
-            inds = word_token_indices(prompts[p], word, tokenizer, strict=False)
+            inds = check_within(prompts[p], word, word_token_indices(prompts[p], word, tokenizer, strict=False), max_len)
             if inds:
                 found = True
                 fill(window, p - 1, inds)
@@ -208,8 +223,11 @@ def equalizer(prompts: Sequence[str], weights: Mapping[str | int, float], tokeni
     """``[len(prompts), max_len]`` attention scale per token: the weights of the named words, 1 elsewhere."""
     if not weights:
         raise ValueError("Reweight needs at least one word and its weight, e.g. weights={'smiling': 2.0}")
+    for word, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            raise ValueError(f"the weight of {word!r} must be a finite number, got {value!r}")
     eq = torch.ones(len(prompts), max_len)
     for row, prompt in enumerate(prompts):
         for word, value in weights.items():
-            eq[row, word_token_indices(prompt, word, tokenizer)] = float(value)
+            eq[row, check_within(prompt, word, word_token_indices(prompt, word, tokenizer), max_len)] = float(value)
     return eq

@@ -91,7 +91,10 @@ def self_attention_components(
 ) -> Image.Image:
     """The top principal components of the averaged self-attention ``[hw, hw]`` as images."""
     if store is None:
-        raise ValueError("no attention was stored: run with return_attention=True")
+        raise ValueError("no attention was stored: run with return_attention='all'")
+    if store.cross_only:
+        raise ValueError("self-attention was not stored (return_attention=True keeps cross-attention only): "
+                         "run with return_attention='all'")
     maps = store.aggregate(factor, places, False, prompt_index)  # [h, w, hw]
     h, w = maps.shape[:2]
     a = maps.reshape(h * w, h * w).double().cpu()

@@ -34,13 +34,15 @@ def test_modes_become_rgb_of_the_right_size(tmp_path, mode):
         img = rgb.convert("RGBA")
         img.putalpha(0)  # fully transparent: must composite to white
     elif mode == "I;16":
-        img = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257), "I;16")
+        # the dtype gives the mode (Pillow 13 refuses a mode argument that the dtype does not imply)
+        img = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
     elif mode == "I":
-        img = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.int32) * 257), "I")
+        img = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.int32) * 257)
     elif mode == "F":
-        img = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.float32) / 255.0, "F")
+        img = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.float32) / 255.0)
     else:
         img = rgb.convert(mode)
+    assert img.mode == mode
     out = load_image(img, size=32, multiple=8)
     assert out.mode == "RGB" and out.size == (32, 32)
     a = np.asarray(out)

@@ -96,9 +96,20 @@ def test_attention_maps_and_visualisation(sd1):
     torch.testing.assert_close(store.aggregate(4, ("up", "down"), True, 1)[..., 5], maps[..., 5], atol=0.05, rtol=0)
     grid = p2p.cross_attention_grid(store, sd1.tokenizer, SOURCE, image=out.source, size=64)
     assert grid.size[0] == 7 * 64 + 6 * 4  # one tile per token, start and end included
-    comps = p2p.self_attention_components(store, num_components=3, size=32)
-    assert comps.size == (3 * 32 + 2 * 4, 32)
     assert np.asarray(grid).std() > 0
+    # heatmaps store only what the grid draws: cross-attention, at latent / 2 and below
+    assert store.layers and all(lyr.is_cross and lyr.factor >= 2 for lyr in store.layers.values())
+    with pytest.raises(ValueError, match="return_attention='all'"):
+        p2p.self_attention_components(store)
+    full = p2p.generate(sd1, SOURCE, ["a cat riding a car"], p2p.Replace(), return_attention="all",
+                        generator=torch.Generator().manual_seed(0), **SIZE).attention
+    assert {lyr.is_cross for lyr in full.layers.values()} == {True, False}
+    # the same cross maps (up to float rounding: self-attention is materialised instead of fused in "all")
+    torch.testing.assert_close(full.aggregate(4, ("up", "down"), True, 0), maps, rtol=0, atol=1e-5)
+    comps = p2p.self_attention_components(full, num_components=3, size=32)
+    assert comps.size == (3 * 32 + 2 * 4, 32)
+    with pytest.raises(ValueError, match="return_attention must be one of"):
+        p2p.generate(sd1, SOURCE, ["a cat riding a car"], return_attention="self", **SIZE)
 
 
 @pytest.mark.parametrize("flavour", ["sd2", "sdxl"])
