@@ -557,12 +557,3 @@ def reconstruct(
     if output_type == "latent":
         return latents
     return decode_latents(pipe, latents, output_type=output_type)[0]
-
-
-def __getattr__(name):
-    # ``edit_image`` lived here before editing a real image got its own module; keep old imports working.
-    if name == "edit_image":
-        from .editing import edit_image
-
-        return edit_image
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .image import MAX_PIXELS
 from .inversion import METHODS as INVERSION_METHODS
 
 __all__ = [
@@ -59,7 +60,7 @@ EDIT_KINDS = ("replace", "refine")
 
 # Photos larger than this are refused before they are decoded (a 16k x 16k PNG is 768 MB of RGB pixels);
 # every model here works at 1024 px or less, so 50 megapixels leaves ample room for camera originals.
-MAX_PHOTO_PIXELS = 50_000_000
+MAX_PHOTO_PIXELS = MAX_PIXELS  # one limit for the library, the CLI and the UI (editkit.image)
 
 # What each inversion costs, inversion + one edit, relative to DDIM inversion + the same edit. Measured with
 # ``benchmarks/bench_inversion_cost.py`` on the tiny test model (CPU, 10 steps, null-text 10 inner iterations),
@@ -513,7 +514,7 @@ def edit_photo_p2p(
     progress: bool = True,
 ) -> Outcome:
     """Invert a photo with its source prompt, then edit it into each target prompt (Prompt-to-Prompt)."""
-    from .inversion import edit_image
+    from .editing import edit_image
 
     if inversion not in INVERSION_METHODS:
         raise InputError(f"inversion must be one of {', '.join(INVERSION_METHODS)}, got {inversion!r}")
