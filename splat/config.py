@@ -117,7 +117,7 @@ class TrainConfig(DensifyConfig):
     test_every: int = 8
     """Hold out every N-th image (sorted by name) for evaluation; 0 trains on all images."""
     cache_dir: Path | None = None
-    """Where undistorted images are cached (default SCENE/.splat_cache, or OUT/.splat_cache if the scene is read-only)."""
+    """Where undistorted images are cached (default OUT/.cache; never inside the scene folder)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Background colour behind the Gaussians, RGB in [0, 1] (the original uses black)."""
 

@@ -208,12 +208,12 @@ def test_auto_matcher_scales_with_retrieval_above_the_exhaustive_limit(tmp_path)
     """Above `exhaustive_max_images`, auto matches the sequential neighbours plus the images a vocabulary tree
     trained on the scene retrieves: fewer pairs than exhaustive, including pairs far apart in name order,
     and the set still registers."""
-    names = cup_names(step=3, count=14)
-    scene = photo_scene(tmp_path / "scene", names, size=320)
-    cfg = quiet(exhaustive_max_images=8, sequential_overlap=2, retrieval_num_images=3, camera_mode="single")
+    names = cup_names(step=2, count=14)
+    scene = photo_scene(tmp_path / "scene", names, size=480)
+    cfg = quiet(exhaustive_max_images=8, sequential_overlap=3, retrieval_num_images=5, camera_mode="per_image")
     summary = prepare(scene, cfg)
     assert summary.matcher == "retrieval", summary
-    sequential = set(_pairs(sorted(names, key=_natural_key), "sequential", 2))
+    sequential = set(_pairs(sorted(names, key=_natural_key), "sequential", 3))
     assert len(sequential) < summary.num_pairs < 14 * 13 // 2, summary
     assert (default_cache_dir(scene) / "sfm" / "vocab_tree.bin").is_file()
     assert summary.num_registered >= 11, summary
