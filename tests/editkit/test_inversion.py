@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from editkit import load_pipeline
-from editkit.inversion import Inversion, edit_image, invert, reconstruct
+from editkit.editing import edit_image
+from editkit.inversion import Inversion, invert, reconstruct
 
 STEPS = 4
 SIZE = 16  # px: a 8x8 latent keeps the tiny UNet fast on a shared CPU
