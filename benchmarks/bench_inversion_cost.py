@@ -22,7 +22,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from editkit import load_pipeline  # noqa: E402
-from editkit.inversion import METHODS, edit_image  # noqa: E402
+from editkit.editing import edit_image  # noqa: E402
+from editkit.inversion import METHODS  # noqa: E402
 from editkit.p2p import Replace  # noqa: E402
 from editkit.testing import save_tiny_pipeline  # noqa: E402
 
