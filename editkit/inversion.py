@@ -265,6 +265,7 @@ def sampling_timesteps(pipe, num_inference_steps: int) -> list[int]:
     return [int(t) for t in pipe.scheduler.timesteps.flip(0)]
 
 
+@torch.no_grad()  # without it every UNet call's autograd graph stayed alive in the trajectory
 def ddim_invert_latent(
     pipe,
     z0: torch.Tensor,
