@@ -119,7 +119,14 @@ class TrainConfig(DensifyConfig):
     cache_dir: Path | None = None
     """Where undistorted images are cached (default OUT/.cache; never inside the scene folder)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    """Background colour behind the Gaussians, RGB in [0, 1] (the original uses black)."""
+    """Background colour behind the Gaussians, RGB in [0, 1] (the original uses black); with
+    ``learn_background`` its starting value."""
+    learn_background: bool = False
+    """Learn the background colour with the Gaussians (one RGB for the whole scene). For captures with a
+    featureless sky or backdrop: SfM finds no points there, and a fixed background that does not match it
+    makes the Gaussians paint it, as floaters in front of the cameras that veil held-out views."""
+    background_lr: float = 0.05
+    """Learning rate of the learned background (Adam, on its logit)."""
 
     # -- initialisation -------------------------------------------------------------------------------
     sh_degree: int = 3
@@ -291,6 +298,8 @@ _RULES = {
     "adam_eps": _num(0, lo_open=True),
     "ssim_lambda": _num(0, 1),
     "opacity_reg": _num(0),
+    "learn_background": _bool(),
+    "background_lr": _num(0, lo_open=True),
     "scale_reg": _num(0),
     # evaluation
     "eval_steps": _steps_list(),

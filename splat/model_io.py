@@ -73,7 +73,9 @@ def load_gaussians(path: str | Path) -> tuple[dict[str, Tensor], int, dict]:
     Returns:
         params: pre-activation tensors keyed by ``splat.params.PARAM_KEYS``, on the CPU.
         sh_degree: the degree the model was trained to (from the number of SH coefficients).
-        meta: ``source``, ``kind``, ``step`` and ``config``.
+        meta: ``source``, ``kind``, ``step`` and ``config``; from a checkpoint also ``background``, the
+            colour the run rendered with (its learned colour with ``learn_background``; a PLY carries none,
+            and its run's ``config.json`` gives the configured one).
     """
     file = find_model_file(path)
     if file.suffix.lower() == ".ply":
@@ -91,6 +93,9 @@ def load_gaussians(path: str | Path) -> tuple[dict[str, Tensor], int, dict]:
             "step": int(ckpt["step"]),
             "config": ckpt["config"],
         }
+        bg = ckpt.get("background")  # the colour the run rendered with (learned with learn_background)
+        if isinstance(bg, Tensor) and bg.shape == (3,) and bool(torch.isfinite(bg).all()):
+            meta["background"] = tuple(float(c) for c in bg.clamp(0, 1))
     params = {k: v.detach().float().cpu().contiguous() for k, v in params.items()}
     n = params["means"].shape[0]
     if n == 0:

@@ -309,6 +309,15 @@ class Trainer:
         self.metrics: dict[str, dict] = {}
         self._lpips = None
         self.background = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)
+        self.background_logit: torch.nn.Parameter | None = None  # cfg.learn_background: the learned colour
+        if cfg.learn_background:
+            saved = source.get("background_logit") if source is not None else None
+            if isinstance(saved, Tensor) and saved.shape == (3,):
+                start = saved.to(self.device, torch.float32)
+            else:  # the configured colour, kept off 0 and 1 where the logit is infinite
+                start = torch.logit(self.background.clamp(1e-3, 1 - 1e-3))
+            self.background_logit = torch.nn.Parameter(start)
+            self.background_optimizer = torch.optim.Adam([self.background_logit], lr=cfg.background_lr, eps=cfg.adam_eps)
         # called as cb(trainer, step, loss, psnr) after every step, loss / psnr of that step as 0-dim tensors
         # (e.g. splat.viewer.Viewer.on_train_step)
         self.step_callbacks: list = []
@@ -343,9 +352,16 @@ class Trainer:
         return Densifier(self.cfg.densify_config(), scene_scale=self.extent)
 
     # -- rendering -----------------------------------------------------------------------------------
+    def current_background(self) -> Tensor:
+        """The background colour [3] renders use now: the learned one with ``learn_background``."""
+        if self.background_logit is None:
+            return self.background
+        return torch.sigmoid(self.background_logit)
+
     def render(self, K: Tensor, viewmat: Tensor, width: int, height: int, sh_degree: int):
         """Render one view -> (image [H, W, 3], alpha [H, W, 1], meta)."""
         p = self.params
+        learned = self.background_logit is not None
         colors = torch.cat([p["sh0"], p["shN"]], dim=1)  # [N, K, 3]
         img, alpha, meta = rasterize(
             p["means"],
@@ -358,9 +374,11 @@ class Trainer:
             width,
             height,
             sh_degree=sh_degree,
-            backgrounds=self.background[None],
+            backgrounds=None if learned else self.background[None],
             backend=self.cfg.backend,
         )
+        if learned:  # composited here, the same formula on every backend, with a gradient to the colour
+            return img[0] + (1 - alpha[0]) * self.current_background(), alpha[0], meta
         return img[0], alpha[0], meta
 
     def active_sh_degree(self, step: int) -> int:
@@ -481,6 +499,9 @@ class Trainer:
             for opt in self.optimizers.values():
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+            if self.background_logit is not None:
+                self.background_optimizer.step()
+                self.background_optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 self._track_finite(step, loss)
                 mse = (img.detach().clamp(0, 1) - gt).square().mean()
@@ -641,7 +662,11 @@ class Trainer:
             "metrics": json.dumps(self.metrics),
             "scene_extent": self.extent,
             "scene_fingerprint": self.fingerprint,
+            "background": self.current_background().detach().cpu(),  # [3], the colour renders use
         }
+        if self.background_logit is not None:
+            ckpt["background_logit"] = self.background_logit.detach().cpu()
+            ckpt["background_optimizer"] = self.background_optimizer.state_dict()
         write_checkpoint(path, ckpt)
 
     def load_checkpoint(self, ckpt: dict | str | Path) -> None:
@@ -655,6 +680,11 @@ class Trainer:
             for k, opt in self.optimizers.items():
                 opt.load_state_dict(ckpt["optimizers"][k])
             self.densifier.load_state_dict(ckpt["strategy"], self.device)
+            if self.background_logit is not None:
+                self.background_logit = torch.nn.Parameter(ckpt["background_logit"].to(self.device, torch.float32))
+                self.background_optimizer = torch.optim.Adam([self.background_logit], lr=self.cfg.background_lr,
+                                                             eps=self.cfg.adam_eps)
+                self.background_optimizer.load_state_dict(ckpt["background_optimizer"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             if ckpt["rng"]["cuda"] is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)

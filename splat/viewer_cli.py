@@ -19,8 +19,9 @@ def _check_port(port: int) -> None:
         raise ConfigError(f"port must be in 1..65535, got {port}")
 
 
-def _background(config: dict | None) -> tuple[float, float, float]:
-    bg = (config or {}).get("background", (0.0, 0.0, 0.0))
+def _background(meta: dict) -> tuple[float, float, float]:
+    """The colour the run rendered with: a checkpoint's (learned or configured), else its configuration's."""
+    bg = meta.get("background") or (meta.get("config") or {}).get("background", (0.0, 0.0, 0.0))
     return tuple(float(c) for c in bg)  # type: ignore[return-value]
 
 
@@ -53,7 +54,7 @@ def serve(cmd) -> int:
             port=cmd.port,
             device=resolve_device(cmd.device),
             resolution=cmd.resolution,
-            background=_background(meta["config"]),
+            background=_background(meta),
         )
         n = params["means"].shape[0]
         print(f"viewing {meta['source']} ({n:,} Gaussians) at {viewer.url}  (Ctrl-C to quit)", flush=True)
@@ -166,7 +167,7 @@ def render_video(cmd) -> int:
     # 3. Render and write
     device = resolve_device(cmd.device)
     gaussians = {k: v.to(device) for k, v in activated(params).items()}
-    background = torch.tensor(_background(meta["config"]), dtype=torch.float32, device=device)
+    background = torch.tensor(_background(meta), dtype=torch.float32, device=device)
     frames = render_path(gaussians, cam_path, sh_degree, background, cmd.mode, progress=sys.stderr.isatty())
     if cmd.video is not None:
         if cmd.save_frames:

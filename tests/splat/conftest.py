@@ -42,8 +42,10 @@ def make_synthetic_scene(
     height: int = 48,
     point_noise: float = 0.05,
     seed: int = 0,
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> Path:
-    """Render random coloured Gaussians from a ring of cameras; write images/ and sparse/0 (binary)."""
+    """Render random coloured Gaussians from a ring of cameras over ``background``; write images/ and
+    sparse/0 (binary)."""
     import pycolmap
     from PIL import Image
 
@@ -79,6 +81,7 @@ def make_synthetic_scene(
                 width,
                 height,
                 sh_degree=0,
+                backgrounds=torch.tensor([background], dtype=torch.float32),
             )
         arr = (img[0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
         name = f"{i:03d}.png"
