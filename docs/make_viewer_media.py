@@ -33,10 +33,11 @@ def screenshot(model: Path, scene: Path, out: Path, resolution: int) -> None:
 
     from splat.model_io import load_gaussians, scene_cameras
     from splat.viewer import Viewer
+    from splat.viewer_cli import _background
 
     params, sh_degree, meta = load_gaussians(model)
     viewer = Viewer(params, sh_degree, scene_cameras(scene, meta["config"]), port=free_port(),
-                    resolution=resolution, transport="png")  # fmt: skip
+                    resolution=resolution, transport="png", background=_background(meta))  # fmt: skip
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     try:
         with sync_playwright() as p:
