@@ -123,7 +123,10 @@ def test_installed_torch_is_kept(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "keeping torch" in proc.stderr
     assert not any("torch==" in x for x in pip_lines(proc)), proc.stdout
-    assert any(x.endswith("-e .") for x in pip_lines(proc)), proc.stdout
+    # the project is installed, unless this venv's stamp says an earlier `setup_env ""` (scripts/demo.sh) did
+    stamped = (Path(sys.prefix) / ".editkit-splat-installed-base").is_file()
+    planned = any(x.endswith("-e .") for x in pip_lines(proc))
+    assert planned or (stamped and "project already installed" in proc.stderr), (proc.stdout, proc.stderr)
 
 
 def test_new_venv_is_created_where_asked(tmp_path):
