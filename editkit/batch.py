@@ -55,8 +55,13 @@ SUMMARY_NAME = "summary.json"  # default summary file, in the output folder
 
 # Set in every process started by torchrun / accelerate launch (multi-process) or by MPI, and by accelerate's
 # single-process launcher (ACCELERATE_DYNAMO_BACKEND).
-_LAUNCH_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE",
-                     "ACCELERATE_DYNAMO_BACKEND")
+_LAUNCH_VARIABLES = (
+    "WORLD_SIZE",
+    "PMI_SIZE",
+    "OMPI_COMM_WORLD_SIZE",
+    "MV2_COMM_WORLD_SIZE",
+    "ACCELERATE_DYNAMO_BACKEND",
+)
 
 
 def launched() -> bool:
@@ -73,7 +78,9 @@ def slug(text: str, limit: int = 40) -> str:
 class EditJob:
     """What is done to every photo: the prompt pairs and the method's settings (the CLI's options)."""
 
-    pairs: list[tuple[str, list[str]]]  # (source prompt, target prompts); every pair is applied to every photo
+    pairs: list[
+        tuple[str, list[str]]
+    ]  # (source prompt, target prompts); every pair is applied to every photo
     method: str = "p2p"  # "p2p" (Prompt-to-Prompt on an inversion) or "pnp" (Plug-and-Play)
     settings: P2PSettings = field(default_factory=P2PSettings)  # p2p only
     inversion: str = "null-text"  # p2p only
@@ -141,8 +148,10 @@ class BatchSummary:
 
     def table(self) -> str:
         """A short table for stderr: one line per photo."""
-        lines = [f"summary: {len(self.inputs) - self.failed} of {len(self.inputs)} photo(s) edited, "
-                 f"{self.failed} failed" + (f" ({self.summary_file})" if self.summary_file else "")]
+        lines = [
+            f"summary: {len(self.inputs) - self.failed} of {len(self.inputs)} photo(s) edited, "
+            f"{self.failed} failed" + (f" ({self.summary_file})" if self.summary_file else "")
+        ]
         width = min(40, max((len(r.image) for r in self.inputs), default=0))
         for r in self.inputs:
             what = f"{len(r.files)} file(s)" if r.ok else r.error
@@ -174,8 +183,9 @@ def _write(image, path: Path, written: list[Path], on_write: Callable[[Path], No
         on_write(path)
 
 
-def _write_outcome(outcome, folder: Path, stem: str, targets: list[str], written: list[Path], on_write,
-                   source: bool = True) -> None:
+def _write_outcome(
+    outcome, folder: Path, stem: str, targets: list[str], written: list[Path], on_write, source: bool = True
+) -> None:
     if source:
         _write(outcome.source, folder / f"{stem}_source.png", written, on_write)
     for k, (image, prompt) in enumerate(zip(outcome.targets, targets, strict=False)):
@@ -214,14 +224,36 @@ def edit_photo_files(
         if say is not None:
             say(f"{image}: {source!r} -> {targets} ({job.method})")
         if job.method == "pnp":
-            outcome = edit_photo_pnp(pipe, image, targets, source=source, feature_threshold=job.pnp_f_t,
-                                     attention_threshold=job.pnp_attn_t, steps=job.steps, guidance=job.guidance,
-                                     seed=job.seed, keep_aspect=job.keep_aspect, cache=cache,
-                                     progress=job.progress)
+            outcome = edit_photo_pnp(
+                pipe,
+                image,
+                targets,
+                source=source,
+                feature_threshold=job.pnp_f_t,
+                attention_threshold=job.pnp_attn_t,
+                steps=job.steps,
+                guidance=job.guidance,
+                seed=job.seed,
+                keep_aspect=job.keep_aspect,
+                cache=cache,
+                progress=job.progress,
+            )
         else:
-            outcome = edit_photo_p2p(pipe, image, source, targets, job.settings, inversion=job.inversion,
-                                     steps=job.steps, guidance=job.guidance, seed=job.seed, heatmaps=job.heatmaps,
-                                     keep_aspect=job.keep_aspect, cache=cache, progress=job.progress)
+            outcome = edit_photo_p2p(
+                pipe,
+                image,
+                source,
+                targets,
+                job.settings,
+                inversion=job.inversion,
+                steps=job.steps,
+                guidance=job.guidance,
+                seed=job.seed,
+                heatmaps=job.heatmaps,
+                keep_aspect=job.keep_aspect,
+                cache=cache,
+                progress=job.progress,
+            )
         _write_outcome(outcome, folder, tag, targets, written, on_write, source=source not in sources_written)
         sources_written.add(source)
     return written
@@ -243,8 +275,10 @@ def _process_device(state, device: str | None) -> str | None:
         return str(state.device)  # this process's own device (cuda:LOCAL_RANK, or cpu)
     if device == "cpu":
         return "cpu"
-    raise InputError(f"--device {device}: with {state.num_processes} processes each process uses its own device; "
-                     "leave --device out (or give 'cpu' or 'cuda')")
+    raise InputError(
+        f"--device {device}: with {state.num_processes} processes each process uses its own device; "
+        "leave --device out (or give 'cpu' or 'cuda')"
+    )
 
 
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
@@ -290,8 +324,13 @@ def edit_photos(
     seed = [job.seed if job.seed is not None else random.SystemRandom().randrange(2**31)]
     if n_proc > 1:
         seed = broadcast_object_list(seed)  # one run seed, drawn on the main process
-    job = EditJob(**{**{f: getattr(job, f) for f in job.__dataclass_fields__}, "seed": seed[0],
-                     "progress": job.progress and state.is_local_main_process})
+    job = EditJob(
+        **{
+            **{f: getattr(job, f) for f in job.__dataclass_fields__},
+            "seed": seed[0],
+            "progress": job.progress and state.is_local_main_process,
+        }
+    )
 
     if load is None:
         from .models import load_pipeline as load
@@ -311,8 +350,9 @@ def edit_photos(
             try:
                 if not Path(image).is_file():
                     raise InputError(f"no such image file: {image}")
-                edit_photo_files(pipe, image, job, output, cache=cache, written=written, on_write=on_write,
-                                 say=tell)
+                edit_photo_files(
+                    pipe, image, job, output, cache=cache, written=written, on_write=on_write, say=tell
+                )
             except (ValueError, *memory_errors) as e:  # InputError, the engine's input checks, out of memory
                 result.ok = False
                 result.error = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
@@ -322,7 +362,9 @@ def edit_photos(
     if n_proc > 1:
         results = gather_object(results)
     inputs = [r for _, r in sorted(results, key=lambda pair: pair[0])]
-    summary = BatchSummary(inputs=inputs, output=str(output), processes=n_proc, seed=job.seed, method=job.method)
+    summary = BatchSummary(
+        inputs=inputs, output=str(output), processes=n_proc, seed=job.seed, method=job.method
+    )
     if summary_file is not False:
         path = Path(summary_file) if summary_file is not None else output / SUMMARY_NAME
         summary.summary_file = str(path)
@@ -332,4 +374,8 @@ def edit_photos(
             atomic_write_text(path, json.dumps(summary.to_json(), indent=2) + "\n")
     if state.is_main_process and say is not None:
         say(summary.table())
+    if n_proc > 1:
+        # A launcher (torchrun's agent) stops every process as soon as one exits with a non-zero code: nobody
+        # leaves before the main process has written the summary.
+        state.wait_for_everyone()
     return summary
