@@ -293,7 +293,10 @@ def _load(opts: ModelOptions):
 
 
 def _print_path(path: Path) -> None:
-    print(path, flush=True)
+    # one write per line: the processes of a launch share stdout, and print() writes the text and the newline
+    # separately, so two processes' paths could run together on one line
+    sys.stdout.write(f"{path}\n")
+    sys.stdout.flush()
 
 
 def _write_outcome(outcome, folder: Path, stem: str, targets: list[str], written: list[Path], source: bool = True):
