@@ -22,7 +22,8 @@ Exit codes, for scripts:
     3  model not found: no weights at --model, an incomplete model folder or unreadable weights (the message
        says how to point at a model)
     4  batch edit (``--summary``, or started by accelerate launch / torchrun): at least one photo failed; the
-       others were written, and the summary lists every photo with its files or its error
+       others were written, and the summary lists every photo with its files or its error (under a launcher
+       every process exits 4; accelerate launch / torchrun then exit 1 and name the processes' exit code 4)
     130  interrupted (Ctrl-C)
 
 Everything that does not need the model (prompts, words, pairs file, device, output folder, images) is
