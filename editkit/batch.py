@@ -342,6 +342,8 @@ def edit_photos(
     if share:
         tell(f"{len(share)} of {len(indexed)} photo(s) here; loading {model} ...")
         pipe = load(model, device)
+        if hasattr(pipe, "unet"):
+            tell(f"model on {pipe.device} in {str(pipe.unet.dtype).replace('torch.', '')}")
         cache = InversionCache(capacity=4)
         memory_errors = _out_of_memory_errors()
         for index, image in share:

@@ -51,7 +51,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated, Literal
 
 import tyro
@@ -395,8 +394,11 @@ def run_batch_edit(opts: Edit):
     if opts.summary is not None:
         _check_output(Path(opts.summary).parent)
 
-    def load(model, device):
-        return _load(SimpleNamespace(model=model, device=device, quiet=opts.quiet))
+    def load(model, device):  # editkit.batch says "loading ..." with the process's number
+        from editkit import load_pipeline
+
+        with _loading_bars(not opts.quiet):
+            return load_pipeline(model, device=device)
 
     return edit_photos(opts.images, job, model=opts.model, output=opts.output, device=opts.device,
                        summary_file=opts.summary, load=load, on_write=_print_path,

@@ -298,3 +298,39 @@ def test_job_checks_prompts_without_a_model():
 def test_importing_editkit_does_not_import_accelerate():
     code = "import sys, editkit, editkit.batch, editkit.cli; sys.exit('accelerate' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=120).returncode == 0
+
+
+def fake_edit(refuse: str, crash: str = ""):
+    """Stands in for the engine: a grey image per prompt; refuses one photo, crashes on another."""
+    from editkit.jobs import Outcome
+
+    def edit(pipe, image, source, targets, settings, **kw):
+        if Path(image).name == refuse:
+            raise ValueError(f"the engine refused {Path(image).name}")
+        if Path(image).name == crash:
+            raise RuntimeError("a bug")
+        grey = Image.new("RGB", (8, 8), (128, 128, 128))
+        return Outcome(grey, [grey for _ in targets])
+
+    return edit
+
+
+def test_a_photo_the_engine_refuses_is_recorded_and_a_bug_is_not_hidden(photos, tmp_path, monkeypatch):
+    import editkit.batch as batch
+
+    job = EditJob(pairs=[("a cat", ["a dog"])], inversion="direct", steps=2)
+    images = [photos["photo0"], photos["photo1"], photos["photo2"]]
+    monkeypatch.setattr(batch, "edit_photo_p2p", fake_edit(refuse="photo 1.png"))
+    said = []
+    summary = batch.edit_photos(
+        images, job, model="m", output=tmp_path / "out", load=lambda m, d: object(), say=said.append
+    )
+    assert [r.ok for r in summary.inputs] == [True, False, True] and summary.exit_code == EXIT_SOME_FAILED
+    assert summary.inputs[1].error == "the engine refused photo 1.png" and summary.inputs[1].files == []
+    assert summary.inputs[2].files == ["photo_2_source.png", "photo_2_edit0_a_dog.png"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["failed"] == 1
+    assert said[-1].splitlines()[2].split()[0] == "FAILED"
+
+    monkeypatch.setattr(batch, "edit_photo_p2p", fake_edit(refuse="", crash="photo 1.png"))
+    with pytest.raises(RuntimeError, match="a bug"):  # an engine bug is not turned into a photo's error
+        batch.edit_photos(images, job, model="m", output=tmp_path / "out2", load=lambda m, d: object())
