@@ -310,8 +310,13 @@ def _write_outcome(outcome, folder: Path, stem: str, targets: list[str], written
 
 
 def run_generate(opts: Generate) -> list[Path]:
+    import os
+
     from editkit import jobs
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would generate and write the same files
+        raise UsageError("generate does not split its work across processes: run it without accelerate launch or "
+                         "torchrun (edit does)")
     pairs = _prompt_pairs(opts)
     settings = _p2p_settings(opts)
     for source, targets in pairs:  # every prompt and word check, before the model is loaded

@@ -288,6 +288,14 @@ def test_batch_mode_is_on_under_a_launcher(monkeypatch):
     assert launched()
 
 
+def test_generate_refuses_to_run_in_several_processes(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert (
+        main(["generate", "--source", "a cat", "--target", "a dog", "--model", "/nonexistent"]) == EXIT_USAGE
+    )
+    assert "without accelerate launch" in capsys.readouterr().err
+
+
 def test_job_checks_prompts_without_a_model():
     with pytest.raises(InputError, match="same number of words"):
         EditJob(pairs=[("a cat", ["a big dog"])]).check()
