@@ -4,6 +4,7 @@
     editkit edit cat.jpg --method pnp --target "a watercolor painting of a cat"
     editkit edit a.jpg b.jpg --pairs prompts.tsv --heatmaps --output out/
     editkit generate --source "a cat riding a bicycle" --target "a dog riding a bicycle"
+    accelerate launch --multi_gpu --num_processes 4 -m editkit.cli edit *.jpg --pairs prompts.tsv --output out/
 
 The editing UI is its own command, ``editkit-ui --model /models/sd15`` (``python -m apps.ui``): the library
 never imports the app. ``editkit ui`` says so and exits with 2.
@@ -20,22 +21,32 @@ Exit codes, for scripts:
        --device, an --output folder that cannot be written
     3  model not found: no weights at --model, an incomplete model folder or unreadable weights (the message
        says how to point at a model)
+    4  batch edit (``--summary``, or started by accelerate launch / torchrun): at least one photo failed; the
+       others were written, and the summary lists every photo with its files or its error (under a launcher
+       every process exits 4; accelerate launch / torchrun then exit 1 and name the processes' exit code 4)
+    130  interrupted (Ctrl-C)
 
 Everything that does not need the model (prompts, words, pairs file, device, output folder, images) is
 checked before the model is loaded.
-    130  interrupted (Ctrl-C)
 
 Batch form: ``--pairs FILE`` takes one edit per line instead of ``--source`` / ``--target``, either
 tab-separated (``source<TAB>target[<TAB>target...]``, ``#`` starts a comment) or JSON lines
 (``{"source": "...", "target": "..."}`` or ``"targets": [...]``); with several images, every pair is applied
 to every image, and the inversion of an image is computed once per source prompt.
+
+Many photos on several processes (``editkit.batch``): started by ``accelerate launch`` or ``torchrun``,
+``edit`` splits the photos across the processes (each loads the model once on its own GPU, or the CPU); the
+files and their names are the same as a single-process run's. In this batch mode (also ``--summary FILE`` in a
+plain run) a bad photo does not stop the others: the main process writes a JSON summary (default
+``OUTPUT/summary.json``) listing every photo with its files or its error, prints a short table on stderr, and
+the exit code is 4 if any photo failed. Without a launcher and ``--summary``, a bad photo stops the run before
+the model is loaded (exit code 2), as before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +55,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from editkit.batch import slug  # noqa: F401 - part of this module's interface (file names)
 from editkit.inversion import METHODS as INVERSION_METHODS
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -52,6 +64,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_MODEL_NOT_FOUND = 3
+EXIT_SOME_FAILED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -127,6 +140,10 @@ class Edit(P2POptions):
     """Plug-and-Play: fraction of the steps in which the source's self-attention is injected (0..1)."""
     keep_aspect: bool = False
     """Keep the photos' aspect ratio (longer side at the model's size) instead of centre-cropping a square."""
+    summary: Path | None = None
+    """Batch mode: write a JSON summary of every photo (its files or its error) to this file and go on past a
+    bad photo (exit code 4 if any failed). On by default, as OUTPUT/summary.json, when started by accelerate
+    launch or torchrun, which split the photos across processes."""
 
 
 @dataclass(kw_only=True)
@@ -149,11 +166,6 @@ UI_POINTER = "editkit: the editing UI is its own command: editkit-ui --model PAT
 def _say(opts, message: str) -> None:
     if not getattr(opts, "quiet", False):
         print(message, file=sys.stderr)
-
-
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe version of a prompt: ``"a dog, smiling"`` -> ``"a_dog_smiling"``."""
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:limit] or "prompt"
 
 
 def read_pairs(path: Path) -> list[tuple[str, list[str]]]:
@@ -280,25 +292,17 @@ def _load(opts: ModelOptions):
     return pipe
 
 
-def _write(image, path: Path, written: list[Path]) -> None:
-    from safeio import atomic_path
-
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-    written.append(path)
-    print(path, flush=True)
+def _print_path(path: Path) -> None:
+    # one write per line: the processes of a launch share stdout, and print() writes the text and the newline
+    # separately, so two processes' paths could run together on one line
+    sys.stdout.write(f"{path}\n")
+    sys.stdout.flush()
 
 
 def _write_outcome(outcome, folder: Path, stem: str, targets: list[str], written: list[Path], source: bool = True):
-    if source:
-        _write(outcome.source, folder / f"{stem}_source.png", written)
-    for k, (image, prompt) in enumerate(zip(outcome.targets, targets, strict=False)):
-        _write(image, folder / f"{stem}_edit{k}_{slug(prompt)}.png", written)
-    for k, (_, heatmap) in enumerate(outcome.heatmaps):
-        name = "source" if k == 0 else f"edit{k - 1}"
-        if k == 0 and not source:
-            continue  # the source's heatmap was written with the source
-        _write(heatmap, folder / f"{stem}_heatmap_{name}.png", written)
+    from editkit.batch import _write_outcome as write_outcome
+
+    write_outcome(outcome, folder, stem, targets, written, _print_path, source=source)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,8 +310,13 @@ def _write_outcome(outcome, folder: Path, stem: str, targets: list[str], written
 
 
 def run_generate(opts: Generate) -> list[Path]:
+    import os
+
     from editkit import jobs
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would generate and write the same files
+        raise UsageError("generate does not split its work across processes: run it without accelerate launch or "
+                         "torchrun (edit does)")
     pairs = _prompt_pairs(opts)
     settings = _p2p_settings(opts)
     for source, targets in pairs:  # every prompt and word check, before the model is loaded
@@ -323,14 +332,11 @@ def run_generate(opts: Generate) -> list[Path]:
     return written
 
 
-def run_edit(opts: Edit) -> list[Path]:
+def _edit_job(opts: Edit):
+    """Check everything about the prompts and settings (no model needed) and return the job for every photo."""
     from editkit import jobs
+    from editkit.batch import EditJob
 
-    if not opts.images:
-        raise UsageError("give at least one image to edit: editkit edit IMAGE [IMAGE ...] --source ... --target ...")
-    missing = [str(p) for p in opts.images if not Path(p).is_file()]
-    if missing:
-        raise UsageError(f"no such image file: {', '.join(missing)}")
     if opts.method == "pnp":
         if opts.pairs is None and not opts.target:
             raise UsageError("--target is required (or --pairs FILE)")
@@ -340,11 +346,36 @@ def run_edit(opts: Edit) -> list[Path]:
                 raise UsageError(f"{name} must be between 0 and 1, got {value}")
         if opts.heatmaps:
             _say(opts, "note: --heatmaps applies to p2p only; Plug-and-Play stores no cross-attention maps")
+        settings = jobs.P2PSettings()
     else:
         pairs = _prompt_pairs(opts)
         settings = _p2p_settings(opts)
         for source, targets in pairs:
             jobs.plan_p2p(settings, source, targets)
+    return EditJob(pairs=pairs, method=opts.method, settings=settings, inversion=opts.inversion, steps=opts.steps,
+                   guidance=opts.guidance, seed=_seed(opts.seed), heatmaps=opts.heatmaps,
+                   keep_aspect=opts.keep_aspect, pnp_f_t=opts.pnp_f_t, pnp_attn_t=opts.pnp_attn_t,
+                   progress=not opts.quiet)
+
+
+def batch_mode(opts: Edit) -> bool:
+    """``--summary`` given, or started by accelerate launch / torchrun (see the module docstring)."""
+    from editkit.batch import launched
+
+    return opts.summary is not None or launched()
+
+
+def run_edit(opts: Edit) -> list[Path]:
+    from editkit import jobs
+    from editkit.batch import check_photo_names, edit_photo_files
+
+    if not opts.images:
+        raise UsageError("give at least one image to edit: editkit edit IMAGE [IMAGE ...] --source ... --target ...")
+    missing = [str(p) for p in opts.images if not Path(p).is_file()]
+    if missing:
+        raise UsageError(f"no such image file: {', '.join(missing)}")
+    job = _edit_job(opts)
+    check_photo_names(opts.images)
     for image_path in opts.images:  # readable and within the pixel limit, before the model is loaded
         jobs.open_photo(image_path).close()
     _check_run(opts)
@@ -352,24 +383,31 @@ def run_edit(opts: Edit) -> list[Path]:
     cache = jobs.InversionCache(capacity=4)
     written: list[Path] = []
     for image_path in opts.images:
-        stem = slug(Path(image_path).stem)
-        sources_written: set[str] = set()  # one source image per (photo, source prompt)
-        for n, (source, targets) in enumerate(pairs):
-            tag = stem if len(pairs) == 1 else f"{stem}_{n:03d}"
-            _say(opts, f"{image_path}: {source!r} -> {targets} ({opts.method})")
-            if opts.method == "pnp":
-                outcome = jobs.edit_photo_pnp(pipe, image_path, targets, source=source,
-                                              feature_threshold=opts.pnp_f_t, attention_threshold=opts.pnp_attn_t,
-                                              steps=opts.steps, guidance=opts.guidance, seed=_seed(opts.seed),
-                                              keep_aspect=opts.keep_aspect, cache=cache, progress=not opts.quiet)
-            else:
-                outcome = jobs.edit_photo_p2p(pipe, image_path, source, targets, settings,
-                                              inversion=opts.inversion, steps=opts.steps, guidance=opts.guidance,
-                                              seed=_seed(opts.seed), heatmaps=opts.heatmaps,
-                                              keep_aspect=opts.keep_aspect, cache=cache, progress=not opts.quiet)
-            _write_outcome(outcome, opts.output, tag, targets, written, source=source not in sources_written)
-            sources_written.add(source)
+        edit_photo_files(pipe, image_path, job, opts.output, cache=cache, written=written, on_write=_print_path,
+                         say=lambda message: _say(opts, message))
     return written
+
+
+def run_batch_edit(opts: Edit):
+    """Batch mode: the photos split across the launch's processes, a summary, bad photos recorded (exit 4)."""
+    from editkit.batch import edit_photos
+
+    if not opts.images:
+        raise UsageError("give at least one image to edit: editkit edit IMAGE [IMAGE ...] --source ... --target ...")
+    job = _edit_job(opts)
+    _check_run(opts)
+    if opts.summary is not None:
+        _check_output(Path(opts.summary).parent)
+
+    def load(model, device):  # editkit.batch says "loading ..." with the process's number
+        from editkit import load_pipeline
+
+        with _loading_bars(not opts.quiet):
+            return load_pipeline(model, device=device)
+
+    return edit_photos(opts.images, job, model=opts.model, output=opts.output, device=opts.device,
+                       summary_file=opts.summary, load=load, on_write=_print_path,
+                       say=lambda message: _say(opts, message))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -388,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from safeio import WriteError
 
     try:
+        if isinstance(opts, Edit) and batch_mode(opts):
+            summary = run_batch_edit(opts)
+            return summary.exit_code  # the table on stderr says what was written
         written = run_edit(opts) if isinstance(opts, Edit) else run_generate(opts)
     except ModelNotFoundError as e:
         print(f"editkit: model not found: {e.for_cli()}", file=sys.stderr)
