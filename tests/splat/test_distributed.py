@@ -138,7 +138,9 @@ def test_two_processes_batch_one_equal_one_process_batch_two(runs):
         _assert_same(ref, rank["params"])
     # the evaluation, split over the ranks and gathered, gives the single process's scores
     for rank in runs["two"]:
-        assert rank["metrics"][str(STEPS)]["psnr"] == pytest.approx(runs["ref"].metrics[str(STEPS)]["psnr"], abs=1e-3)
+        assert rank["metrics"][str(STEPS)]["psnr"] == pytest.approx(
+            runs["ref"].metrics[str(STEPS)]["psnr"], abs=1e-3
+        )
 
 
 def test_ranks_hold_identical_parameters_after_every_refine_step(runs):
