@@ -187,3 +187,24 @@ def test_batch_config_is_validated():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ConfigError, match="batch_size must be an integer"):
             validate(dataclasses.replace(TrainConfig(), batch_size=bad))
+
+
+def test_launch_environment_and_devices(monkeypatch):
+    from splat.distributed import SINGLE, LaunchError, from_env, rank_device
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert from_env() is SINGLE
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    ctx = from_env()
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.is_main) == (1, 2, 1, False)
+    assert rank_device(ctx, "cuda") == "cuda:1" and rank_device(ctx, "cpu") == "cpu"
+    with pytest.raises(LaunchError, match="names one GPU for all 2 ranks"):
+        rank_device(ctx, "cuda:0")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(LaunchError, match="outside 0..1"):
+        from_env()
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(LaunchError, match="must be integers"):
+        from_env()
