@@ -27,8 +27,7 @@ STOP_SEEN_AT = 23  # rank 1 alone sees Ctrl-C here; the ranks agree at step 31 a
 
 
 def _config(out: Path, **kw):
-    return small_config(
-        out,
+    settings = dict(
         steps=STEPS,
         means_lr_steps=STEPS,
         sh_degree_interval=20,
@@ -39,8 +38,8 @@ def _config(out: Path, **kw):
         eval_steps=(STEPS,),
         save_steps=(STEPS,),
         ckpt_every=0,
-        **kw,
     )
+    return small_config(out, **{**settings, **kw})
 
 
 def _worker(rank: int, world: int, store: str, scene: str, cfg, results: str, interrupt: bool) -> None:
@@ -166,6 +165,21 @@ def test_only_rank_zero_writes(runs):
         written = [p for p in runs[run][1]["written"] if ".cache" not in Path(p).parts]
         assert written == [], f"rank 1 wrote {written}"
     # rank 0 did write through the same calls (the spy sits on rank 1 only; the files above exist)
+
+
+def test_mcmc_relocation_draws_the_same_numbers_on_every_rank(synthetic_scene, tmp_path):
+    """MCMC relocates, adds and perturbs Gaussians with random numbers from the run's generator: every
+    rank must draw the same ones (and match one process with the whole batch)."""
+    from splat.trainer import Trainer
+
+    kw = dict(strategy="mcmc", cap_max=400, steps=24, means_lr_steps=24, eval_steps=(), save_steps=(24,))
+    ref = Trainer(synthetic_scene, _config(tmp_path / "ref", batch_size=2, **kw))
+    ref.train()
+    ref_params = {k: v.detach() for k, v in ref.params.items()}
+    assert len(ref_params["means"]) > 60  # Gaussians were added (the scene starts with 60 points)
+    r0, r1 = _spawn(tmp_path, "mcmc", synthetic_scene, _config(tmp_path / "two", **kw))
+    _assert_same(r0["params"], r1["params"], exact=True)
+    _assert_same(ref_params, r0["params"])
 
 
 def test_batch_views_slices_the_global_batch():
