@@ -222,3 +222,36 @@ def test_launch_environment_and_devices(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(LaunchError, match="must be integers"):
         from_env()
+
+
+def test_torchrun_cli_trains_on_two_processes(synthetic_scene, tmp_path):
+    """`torchrun --nproc_per_node 2 -m splat.cli train` end to end: the process group comes from torchrun's
+    environment, rank 0 alone prints the summary and writes the outputs."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [
+        "-m",
+        "splat.cli",
+        "train",
+        str(synthetic_scene),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--steps",
+        "6",
+    ]
+    cmd += ["--eval-steps", "6", "--save-steps", "6", "--ckpt-every", "0", "--no-progress", "--no-lpips"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count('"num_gaussians"') == 1  # one summary: rank 0's
+    summary = json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
+    assert summary["steps"] == 6
+    assert (out / "ckpts" / "ckpt_000006.pt").is_file() and (out / "metrics.json").is_file()
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 1
