@@ -343,6 +343,15 @@ class Trainer:
         self.test_set = ViewDataset([self.model.views[i] for i in test_idx], cfg.downscale, cfg.max_width)
         for ds in (self.train_set, self.test_set):
             ds.preload()  # decode every image now: a broken file fails before step 1
+        sizes = {self.train_set.size(i) for i in range(len(self.train_set))}
+        if len(sizes) > 1 and cfg.batch_size * self.dist.world_size > 1:
+            shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:4])
+            raise SceneError(
+                f"batch_size={cfg.batch_size} on {self.dist.world_size} process(es) renders several training "
+                f"views per step, which needs images of one size; scene {self.scene} has {len(sizes)} sizes "
+                f"({shown}{' ...' if len(sizes) > 4 else ''}) after scaling. Train with --batch-size 1 on "
+                "one process, or resize the images to one size"
+            )
         self.extent = camera_extent(self.model, train_idx)
         self.fingerprint = scene_fingerprint(self.model.views)
 
@@ -576,14 +585,7 @@ class Trainer:
         """Training views ``views`` stacked -> (images [C, H, W, 3], Ks [C, 3, 3], viewmats [C, 4, 4],
         width, height); one size for all (one rasterisation renders them together)."""
         frames = [self._train_view(i) for i in views]
-        sizes = {(f[3], f[4]) for f in frames}
-        if len(sizes) > 1:
-            names = ", ".join(f"{self.train_set.views[i].name} ({f[3]}x{f[4]})" for i, f in zip(views, frames, strict=True))
-            raise SceneError(
-                f"batch_size > 1 (or several processes) needs training images of one size; this step's "
-                f"views differ: {names}. Use --batch-size 1 on one process, or images of one size"
-            )
-        (width, height), = sizes
+        width, height = frames[0][3], frames[0][4]  # one size for all (checked in _setup_scene)
         return (
             torch.stack([f[0] for f in frames]),
             torch.stack([f[1] for f in frames]),

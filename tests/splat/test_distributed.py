@@ -255,3 +255,15 @@ def test_torchrun_cli_trains_on_two_processes(synthetic_scene, tmp_path):
     assert summary["steps"] == 6
     assert (out / "ckpts" / "ckpt_000006.pt").is_file() and (out / "metrics.json").is_file()
     assert json.loads((out / "config.json").read_text())["batch_size"] == 1
+
+
+def test_a_batch_needs_training_images_of_one_size(synthetic_scene, tmp_path, monkeypatch):
+    from splat.colmap import SceneError
+    from splat.data import ViewDataset
+    from splat.trainer import Trainer
+
+    real_size = ViewDataset.size
+    monkeypatch.setattr(ViewDataset, "size", lambda self, i: (32, 24) if i == 3 else real_size(self, i))
+    Trainer(synthetic_scene, _config(tmp_path / "one"))  # batch 1 on one process: any sizes
+    with pytest.raises(SceneError, match=r"batch_size=2 on 1 process\(es\).*needs images of one size.*32x24"):
+        Trainer(synthetic_scene, _config(tmp_path / "two", batch_size=2))
