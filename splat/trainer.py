@@ -309,7 +309,13 @@ class Trainer:
             )
         if checkpoint is None:
             ensure_model(self.scene, sfm)
+        # rank 0 reads the scene first (writing the undistortion cache if one is needed), the others then
+        # find the cache ready: no two processes build it at once
+        if not self.dist.is_main:
+            self.dist.barrier()
         self._setup_scene()
+        if self.dist.is_main:
+            self.dist.barrier()
         for ck, path in ((self._resume, cfg.resume), (checkpoint, checkpoint_path)):
             if ck is not None:
                 check_scene(ck, self.fingerprint, path, self.scene)

@@ -267,3 +267,18 @@ def test_a_batch_needs_training_images_of_one_size(synthetic_scene, tmp_path, mo
     Trainer(synthetic_scene, _config(tmp_path / "one"))  # batch 1 on one process: any sizes
     with pytest.raises(SceneError, match=r"batch_size=2 on 1 process\(es\).*needs images of one size.*32x24"):
         Trainer(synthetic_scene, _config(tmp_path / "two", batch_size=2))
+
+
+def test_batch_scaling_is_opt_in(synthetic_scene, tmp_path):
+    """Off (the default) a batch changes no optimiser setting; on, Adam is scaled for the global batch B:
+    lr x sqrt(B), eps / sqrt(B), betas b^B."""
+    from splat.trainer import Trainer
+
+    plain = Trainer(synthetic_scene, _config(tmp_path / "a", batch_size=4))
+    scaled = Trainer(synthetic_scene, _config(tmp_path / "b", batch_size=4, batch_scaling=True))
+    one = Trainer(synthetic_scene, _config(tmp_path / "c"))
+    for k in plain.optimizers:
+        g1, gp, gs = (t.optimizers[k].param_groups[0] for t in (one, plain, scaled))
+        assert (gp["lr"], gp["eps"], gp["betas"]) == (g1["lr"], g1["eps"], g1["betas"])
+        assert gs["lr"] == pytest.approx(2 * g1["lr"]) and gs["eps"] == pytest.approx(g1["eps"] / 2)
+        assert gs["betas"] == pytest.approx((0.9**4, 0.999**4))
