@@ -231,10 +231,11 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from splat.checkpoint import CheckpointError
     from splat.colmap import SceneError
     from splat.config import ConfigError
+    from splat.distributed import LaunchError
     from splat.outputs import OutputError
     from splat.sfm import SfmError
 
-    return (ConfigError, SceneError, SfmError, CheckpointError, OutputError, WriteError, OwnershipError)
+    return (ConfigError, SceneError, SfmError, CheckpointError, OutputError, WriteError, OwnershipError, LaunchError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,12 +267,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(name: str, rest: list[str]) -> int:
     if name == "train":
+        from splat import distributed
         from splat.trainer import train
 
+        ctx = distributed.from_env()  # several processes when launched by torchrun
         cmd = parse_train_command(rest)
         cfg = cmd.config
         sfm = PrepareConfig(**{**vars(cmd.sfm), "overwrite": False, "progress": cfg.progress})
-        if cmd.viewer:
+        if ctx.enabled:
+            if cmd.viewer:
+                raise distributed.LaunchError("--viewer does not apply to a distributed run (torchrun)")
+            cfg = dataclasses.replace(cfg, device=distributed.rank_device(ctx, cfg.device))
+            with distributed.process_group(ctx, cfg.device):
+                result = train(cmd.scene, cfg, sfm=sfm, dist=ctx)
+            if not ctx.is_main:
+                return 0
+        elif cmd.viewer:
             from splat.viewer_cli import train_with_viewer
 
             result = train_with_viewer(cmd.scene, cfg, cmd.viewer_port, cmd.viewer_wait, sfm=sfm)

@@ -89,7 +89,11 @@ class TrainConfig(DensifyConfig):
     out: Path = Path("outputs/splat")
     """Output folder (checkpoints, point_cloud.ply, metrics.json, renders/)."""
     steps: int = 30_000
-    """Number of optimisation steps (one image per step)."""
+    """Number of optimisation steps (each renders `batch_size` images per process)."""
+    batch_size: int = 1
+    """Training views rendered per step by each process; the loss is their mean. Under torchrun the step's global batch is world_size x batch_size views, each rank rendering its own slice. Views of one step must share one image size."""
+    batch_scaling: bool = False
+    """Scale Adam for the global batch B as gsplat's simple_trainer: learning rates x sqrt(B), eps / sqrt(B), betas b -> b^B (gsplat: 1 - B (1 - b), which reaches 0 at B = 10). Off: the settings apply as given. Steps are never rescaled: lower steps and the step schedules yourself (gsplat's --steps_scaler 1/B)."""
     device: str = "auto"
     """Torch device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", "mps"."""
     backend: Literal["auto", "gsplat", "torch"] = "auto"
@@ -262,6 +266,8 @@ _RULES = {
     # run
     "out": _path(optional=False),
     "steps": _int(1),
+    "batch_size": _int(1, 4096),
+    "batch_scaling": _bool(),
     "device": (lambda v: isinstance(v, str) and _DEVICE.fullmatch(v) is not None,
                '"auto", "cpu", "cuda", "cuda:N" or "mps"'),  # fmt: skip
     "backend": _choice("auto", "gsplat", "torch"),

@@ -41,13 +41,18 @@ def make_params(
     )
 
 
-def make_optimizers(params: torch.nn.ParameterDict, lrs: dict[str, float], eps: float = 1e-15) -> dict:
+def make_optimizers(
+    params: torch.nn.ParameterDict,
+    lrs: dict[str, float],
+    eps: float = 1e-15,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> dict:
     """One Adam per parameter, keyed like ``params`` (what gsplat's strategies expect)."""
     missing = set(params.keys()) - set(lrs)
     if missing:
         raise ValueError(f"no learning rate for parameters {sorted(missing)}")
     return {
-        name: torch.optim.Adam([{"params": [p], "lr": lrs[name], "name": name}], eps=eps, betas=(0.9, 0.999))
+        name: torch.optim.Adam([{"params": [p], "lr": lrs[name], "name": name}], eps=eps, betas=betas)
         for name, p in params.items()
     }
 

@@ -48,6 +48,9 @@ class Densifier:
         self.reset_value = cfg.reset_value
         self.refine_stop = cfg.refine_stop
         self.gsplat_version = _gsplat.installed_version()
+        # distributed runs: called as sync(state, info) -> info right before a refine step of the default
+        # strategy (splat.distributed.DistContext.sync_densify); None on one process
+        self.sync = None
         self.gsplat_resets = kind == "default" and _gsplat.gsplat_resets_opacity(self.gsplat_version)
         if self.gsplat_resets and reset_every > 0 and cfg.reset_value > 2 * cfg.prune_opa:
             raise ValueError(
@@ -93,6 +96,8 @@ class Densifier:
 
     def step_post_backward(self, params, optimizers, step: int, info: dict, lr_means: float) -> None:
         if self.kind == "default":
+            if self.sync is not None and self.refines_at(step):
+                info = self.sync(self.state, info)
             self.strategy.step_post_backward(params, optimizers, self.state, step, info, packed=False)
             if self.should_reset_opacity(step):  # after gsplat's own reset, if it did one
                 _gsplat.strategy_ops().reset_opa(params, optimizers, state={}, value=self.reset_value)
@@ -100,6 +105,18 @@ class Densifier:
             self.strategy.step_post_backward(params, optimizers, self.state, step, info, lr=lr_means)
         else:
             self._mcmc_post_backward_cpu(params, optimizers, step, lr_means)
+
+    def refines_at(self, step: int) -> bool:
+        """Whether gsplat's ``DefaultStrategy`` clones / splits / prunes (and zeroes its statistics) at
+        ``step``: its own condition, read from its settings."""
+        s = self.strategy
+        return (
+            self.kind == "default"
+            and step < s.refine_stop_iter
+            and step > s.refine_start_iter
+            and step % s.refine_every == 0
+            and step % s.reset_every >= getattr(s, "pause_refine_after_reset", 0)
+        )
 
     def is_reset_step(self, step: int) -> bool:
         """Steps at which opacities are reset (by gsplat or by us), as the original: every

@@ -52,6 +52,7 @@ from splat.config import (
     validate,
 )
 from splat.data import ViewDataset, camera_extent, split_indices
+from splat.distributed import SINGLE, DistContext
 from splat.metrics import _load_lpips, psnr, ssim
 from splat.outputs import (
     OutputError,
@@ -261,6 +262,7 @@ class Trainer:
         checkpoint: dict | None = None,
         checkpoint_path: str | Path = "the checkpoint",
         sfm=None,
+        dist: DistContext | None = None,
     ):
         """Set up a run: the scene's views, then the Gaussians.
 
@@ -273,11 +275,15 @@ class Trainer:
                 ``render`` / ``eval``: no SfM, and no initialisation from the SfM points.
                 ``checkpoint_path`` names it in messages.
             sfm: how SfM runs when the scene has no model yet (a :class:`splat.sfm.PrepareConfig`).
+            dist: this process's place in a data-parallel run (:mod:`splat.distributed`); one process
+                when None.
         """
         # 1. Check inputs (nothing is written before they all pass, except the undistortion cache)
         validate(cfg)
         self.scene = Path(scene)
         self.cfg = cfg
+        self.dist = dist if dist is not None else SINGLE
+        self.global_batch = cfg.batch_size * self.dist.world_size  # views per step, over all ranks
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
         if self.out.exists() and not self.out.is_dir():
@@ -289,9 +295,27 @@ class Trainer:
             self._resume = read_checkpoint(cfg.resume)
             saved = config_from_checkpoint(self._resume, str(cfg.resume))
             check_resume_config(saved, cfg, Path(cfg.resume), int(self._resume["step"]))
+            saved_batch = int(self._resume.get("global_batch", 1))
+            if saved_batch != self.global_batch:
+                raise ConfigError(
+                    f"--resume {cfg.resume}: the checkpoint was trained with {saved_batch} view(s) per step "
+                    f"(processes x batch_size), this run has {self.global_batch} "
+                    f"({self.dist.world_size} x {cfg.batch_size}); launch as many processes as it had"
+                )
+        if checkpoint is None and self.dist.enabled and find_model_dir(self.scene) is None:
+            raise SceneError(
+                f"scene {self.scene} has no COLMAP model yet: run `splat prepare {self.scene}` once before a "
+                "distributed run (every rank would run SfM into the same folder)"
+            )
         if checkpoint is None:
             ensure_model(self.scene, sfm)
+        # rank 0 reads the scene first (writing the undistortion cache if one is needed), the others then
+        # find the cache ready: no two processes build it at once
+        if not self.dist.is_main:
+            self.dist.barrier()
         self._setup_scene()
+        if self.dist.is_main:
+            self.dist.barrier()
         for ck, path in ((self._resume, cfg.resume), (checkpoint, checkpoint_path)):
             if ck is not None:
                 check_scene(ck, self.fingerprint, path, self.scene)
@@ -303,7 +327,7 @@ class Trainer:
             self.params = params_from_checkpoint(source, self.device, name)
         else:
             self.params = init_gaussians(self.model.points, self.model.colors, cfg).to(self.device)
-        self.optimizers = make_optimizers(self.params, self._lrs(), eps=cfg.adam_eps)
+        self.optimizers = self._make_optimizers()
         self.densifier = self._make_densifier()
         self.step = int(checkpoint["step"]) if checkpoint is not None else 0
         self.metrics: dict[str, dict] = {}
@@ -334,12 +358,26 @@ class Trainer:
         self.test_set = ViewDataset([self.model.views[i] for i in test_idx], cfg.downscale, cfg.max_width)
         for ds in (self.train_set, self.test_set):
             ds.preload()  # decode every image now: a broken file fails before step 1
+        sizes = {self.train_set.size(i) for i in range(len(self.train_set))}
+        if len(sizes) > 1 and cfg.batch_size * self.dist.world_size > 1:
+            shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:4])
+            raise SceneError(
+                f"batch_size={cfg.batch_size} on {self.dist.world_size} process(es) renders several training "
+                f"views per step, which needs images of one size; scene {self.scene} has {len(sizes)} sizes "
+                f"({shown}{' ...' if len(sizes) > 4 else ''}) after scaling. Train with --batch-size 1 on "
+                "one process, or resize the images to one size"
+            )
         self.extent = camera_extent(self.model, train_idx)
         self.fingerprint = scene_fingerprint(self.model.views)
 
+    @property
+    def lr_scale(self) -> float:
+        """Multiplier on every learning rate: sqrt(global batch) with ``batch_scaling``, else 1."""
+        return math.sqrt(self.global_batch) if self.cfg.batch_scaling else 1.0
+
     def _lrs(self) -> dict[str, float]:
         c = self.cfg
-        return {
+        lrs = {
             "means": c.means_lr * self.extent,
             "scales": c.scales_lr,
             "quats": c.quats_lr,
@@ -347,9 +385,23 @@ class Trainer:
             "sh0": c.sh0_lr,
             "shN": c.shN_lr,
         }
+        if c.batch_scaling:
+            lrs = {k: v * self.lr_scale for k, v in lrs.items()}
+        return lrs
+
+    def _make_optimizers(self) -> dict:
+        """Adam per parameter; with ``batch_scaling`` scaled for the global batch B (see the config field)."""
+        c = self.cfg
+        if not c.batch_scaling:
+            return make_optimizers(self.params, self._lrs(), eps=c.adam_eps)
+        b = self.global_batch
+        return make_optimizers(self.params, self._lrs(), eps=c.adam_eps / math.sqrt(b), betas=(0.9**b, 0.999**b))
 
     def _make_densifier(self) -> Densifier:
-        return Densifier(self.cfg.densify_config(), scene_scale=self.extent)
+        densifier = Densifier(self.cfg.densify_config(), scene_scale=self.extent)
+        if self.dist.enabled:
+            densifier.sync = self.dist.sync_densify
+        return densifier
 
     # -- rendering -----------------------------------------------------------------------------------
     def current_background(self) -> Tensor:
@@ -385,19 +437,24 @@ class Trainer:
         """Degree used at ``step`` (1-based): raised by one after every ``sh_degree_interval`` steps."""
         return min(self.cfg.sh_degree, (step - 1) // max(self.cfg.sh_degree_interval, 1))
 
+    def views_for_step(self, step: int) -> list[int]:
+        """This rank's training views at ``step`` (1-based): its slice of the step's global batch
+        (:func:`batch_views`)."""
+        return batch_views(
+            self.cfg.seed, step, len(self.train_set), self.cfg.batch_size, self.dist.rank, self.dist.world_size
+        )
+
     def view_for_step(self, step: int) -> int:
-        """Training view of ``step`` (1-based): a fresh permutation per epoch, a pure function of the seed."""
-        n = len(self.train_set)
-        epoch, pos = divmod(step - 1, n)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return int(torch.randperm(n, generator=gen)[pos])
+        """The first of :meth:`views_for_step` (the only one with batch 1 on one process)."""
+        return self.views_for_step(step)[0]
 
     # -- training ------------------------------------------------------------------------------------
     def train(self) -> TrainResult:
         cfg = self.cfg
-        check_output_dir(self.out)
-        remove_stale_temps(self.out)  # left by a run killed in the middle of a write
-        atomic_write_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
+        if self.dist.is_main:  # only rank 0 writes
+            check_output_dir(self.out)
+            remove_stale_temps(self.out)  # left by a run killed in the middle of a write
+            atomic_write_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         t0 = time.perf_counter()
         # The seed below applies inside this fork only; the caller's RNG state is restored on exit.
@@ -435,11 +492,23 @@ class Trainer:
                 raise KeyboardInterrupt
             self._stop_requested = True
 
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        # torchrun stops its workers with SIGTERM: a distributed run checkpoints then as well
+        signals = [signal.SIGINT, signal.SIGTERM] if self.dist.enabled else [signal.SIGINT]
+        previous = {sig: signal.signal(sig, on_sigint) for sig in signals}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop_now(self, step: int) -> bool:
+        """Whether to stop before ``step``: at once on one process; on several, every rank agrees at the
+        same step (checked every ``LOG_EVERY`` steps, one small all-reduce), so all write one checkpoint."""
+        if not self.dist.enabled:
+            return self._stop_requested
+        if (step - 1) % LOG_EVERY != 0:
+            return False
+        return self.dist.any(self._stop_requested, self.device)
 
     def _train_view(self, i: int) -> tuple[Tensor, Tensor, Tensor, int, int]:
         """Training view ``i`` on the device -> (image [H, W, 3] float in [0, 1], K [3, 3], viewmat [4, 4],
@@ -464,7 +533,7 @@ class Trainer:
             range(self.step + 1, cfg.steps + 1),
             initial=self.step,
             total=cfg.steps,
-            disable=not cfg.progress,
+            disable=not (cfg.progress and self.dist.is_main),
             desc="train",
             dynamic_ncols=True,
         )
@@ -472,17 +541,18 @@ class Trainer:
         self._first_bad = torch.zeros(1 + len(PARAM_KEYS), dtype=torch.long, device=self.device)
         window = torch.zeros(2, device=self.device)  # sums of loss and PSNR since the last display
         for step in bar:
-            if getattr(self, "_stop_requested", False):
+            if self._stop_now(step):
                 self._write_interrupt_checkpoint()
-            view = self.view_for_step(step)
-            gt, K, viewmat, width, height = self._train_view(view)
+            views = self.views_for_step(step)
+            gt, K, viewmat, width, height = self._train_views(views)  # [C, H, W, 3], [C, 3, 3], [C, 4, 4]
             lr_means = expon_lr(step, cfg.means_lr, cfg.means_lr_final, cfg.means_lr_steps) * self.extent
+            lr_means *= self.lr_scale
             set_lr(self.optimizers, "means", lr_means)
 
-            img, _, info = self.render(K, viewmat, width, height, self.active_sh_degree(step))
+            img, info = self._render_train(K, viewmat, width, height, self.active_sh_degree(step))
             self.densifier.step_pre_backward(self.params, self.optimizers, step, info)
-            l1 = (img - gt).abs().mean()
-            loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(img, gt))
+            losses = [self._photo_loss(img[i], gt[i]) for i in range(len(views))]
+            loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()  # mean over the views
             if cfg.strategy == "mcmc":
                 loss = loss + cfg.opacity_reg * torch.sigmoid(self.params["opacities"]).mean()
                 loss = loss + cfg.scale_reg * torch.exp(self.params["scales"]).mean()
@@ -491,10 +561,13 @@ class Trainer:
                 raise self._diverged(
                     step,
                     "means",
-                    f"no Gaussian is in front of training view {self.train_set.views[view].name} "
+                    f"no Gaussian is in front of training view(s) "
+                    f"{', '.join(self.train_set.views[v].name for v in views)} "
                     f"at step {step} (the positions diverged)",
                 )
             loss.backward()
+            # all-reduce: the mean over the ranks (the learned background's gradient in the same buffer)
+            self.dist.average_gradients(self._trained_tensors())
 
             for opt in self.optimizers.values():
                 opt.step()
@@ -511,12 +584,14 @@ class Trainer:
             if refine_step or step % LOG_EVERY == 0:
                 self._raise_if_diverged(step)  # before densification samples from NaN opacities
             self.densifier.step_post_backward(self.params, self.optimizers, step, info, lr_means)
+            if refine_step:
+                self.dist.check_same_count(len(self.params["means"]), step, self.device)
             self.step = step
 
             for callback in self.step_callbacks:  # 0-dim tensors: no host sync unless a callback reads them
                 callback(self, step, stats[0], stats[1])
             last = step == cfg.steps
-            if cfg.progress and (step % LOG_EVERY == 0 or last):
+            if cfg.progress and self.dist.is_main and (step % LOG_EVERY == 0 or last):
                 n_window = (step - 1) % LOG_EVERY + 1
                 mean_loss, mean_psnr = (window / n_window).tolist()
                 bar.set_postfix(loss=f"{mean_loss:.4f}", psnr=f"{mean_psnr:.2f}", n=len(self.params["means"]))
@@ -533,6 +608,53 @@ class Trainer:
             if ckpt:
                 self.save_step(step, with_ply=keep)
         bar.close()
+
+    def _train_views(self, views: list[int]) -> tuple[Tensor, Tensor, Tensor, int, int]:
+        """Training views ``views`` stacked -> (images [C, H, W, 3], Ks [C, 3, 3], viewmats [C, 4, 4],
+        width, height); one size for all (one rasterisation renders them together)."""
+        frames = [self._train_view(i) for i in views]
+        width, height = frames[0][3], frames[0][4]  # one size for all (checked in _setup_scene)
+        return (
+            torch.stack([f[0] for f in frames]),
+            torch.stack([f[1] for f in frames]),
+            torch.stack([f[2] for f in frames]),
+            width,
+            height,
+        )
+
+    def _render_train(self, Ks: Tensor, viewmats: Tensor, width: int, height: int, sh_degree: int):
+        """Render C training views in one call -> (images [C, H, W, 3], meta)."""
+        p = self.params
+        learned = self.background_logit is not None
+        colors = torch.cat([p["sh0"], p["shN"]], dim=1)  # [N, K, 3]
+        img, alpha, meta = rasterize(
+            p["means"],
+            p["quats"],
+            torch.exp(p["scales"]),
+            torch.sigmoid(p["opacities"]),
+            colors,
+            viewmats,
+            Ks,
+            width,
+            height,
+            sh_degree=sh_degree,
+            backgrounds=None if learned else self.background[None].expand(len(viewmats), -1),
+            backend=self.cfg.backend,
+        )
+        if learned:  # composited here, as in render(): a gradient to the colour on every backend
+            img = img + (1 - alpha) * self.current_background()
+        return img, meta
+
+    def _trained_tensors(self) -> dict[str, Tensor]:
+        """Everything the step's gradients update: the Gaussians, and the learned background if any."""
+        if self.background_logit is None:
+            return self.params
+        return {**dict(self.params.items()), "background": self.background_logit}
+
+    def _photo_loss(self, img: Tensor, gt: Tensor) -> Tensor:
+        """(1 - ssim_lambda) * L1 + ssim_lambda * (1 - SSIM) of one view [H, W, 3]."""
+        lam = self.cfg.ssim_lambda
+        return (1 - lam) * (img - gt).abs().mean() + lam * (1 - ssim(img, gt))
 
     # -- divergence and interruption -----------------------------------------------------------------
     @torch.no_grad()
@@ -590,9 +712,11 @@ class Trainer:
         self._raise_if_diverged(self.step, recheck=True)
         path = self.out / "ckpts" / checkpoint_name(self.step)
         self.save_checkpoint(path)
-        command = shlex.join(
-            ["splat", "train", str(self.scene), "--out", str(self.out), "--resume", str(path)]
-        )
+        self.dist.barrier()  # every rank reports a checkpoint that exists
+        launcher = ["splat"]
+        if self.dist.enabled:  # as many processes again (the step's global batch must match)
+            launcher = ["torchrun", "--nproc_per_node", str(self.dist.world_size), "-m", "splat.cli"]
+        command = shlex.join([*launcher, "train", str(self.scene), "--out", str(self.out), "--resume", str(path)])
         raise TrainingInterrupted(self.step, path, command)
 
     # -- evaluation ----------------------------------------------------------------------------------
@@ -607,24 +731,31 @@ class Trainer:
         if self._lpips:
             scores["lpips"] = []
         t0 = time.perf_counter()
-        for i in range(len(self.test_set)):
+        renders: dict[int, tuple[Tensor | None, dict]] = {}  # test view -> (render [H, W, 3], scores)
+        for i in range(self.dist.rank, len(self.test_set), self.dist.world_size):  # this rank's share
             f = self.test_set[i]
             gt = f.image.to(self.device)
             img, _, _ = self.render(
                 f.K.to(self.device), f.viewmat.to(self.device), f.width, f.height, sh_degree
             )
             img = img.clamp(0, 1)
-            scores["psnr"].append(psnr(img, gt))
-            scores["ssim"].append(ssim(img, gt).item())
+            view = {"psnr": psnr(img, gt), "ssim": ssim(img, gt).item()}
             if self._lpips:
                 to = lambda x: x.permute(2, 0, 1)[None] * 2 - 1  # [1, 3, H, W] in [-1, 1]
-                scores["lpips"].append(self._lpips(to(img), to(gt)).item())
-            if cfg.save_renders:
+                view["lpips"] = self._lpips(to(img), to(gt)).item()
+            renders[i] = (img.cpu() if cfg.save_renders else None, view)  # gathered to rank 0 to be saved
+        for part in self.dist.all_gather_objects(renders):  # every rank's share, on every rank
+            renders.update(part)
+        for i in range(len(self.test_set)):  # in view order, as one process would
+            for k in scores:
+                scores[k].append(renders[i][1][k])
+            if cfg.save_renders and self.dist.is_main:
+                f = self.test_set[i]
                 stem = Path(f.name).with_suffix("").as_posix().replace("/", "__")
                 folder = self.out / "renders" / f"step_{step:06d}"
-                atomic_save_image(folder / f"{stem}_render.png", img)
-                atomic_save_image(folder / f"{stem}_gt.png", gt)
-        if cfg.save_renders and len(self.test_set):  # side by side + contact sheet, from the files above
+                atomic_save_image(folder / f"{stem}_render.png", renders[i][0])
+                atomic_save_image(folder / f"{stem}_gt.png", f.image)
+        if cfg.save_renders and len(self.test_set) and self.dist.is_main:  # side by side + contact sheet, from the files above
             save_comparisons(self.out / "renders" / f"step_{step:06d}")
         result = {k: float(np.mean(v)) for k, v in scores.items()}
         result.update(
@@ -635,19 +766,26 @@ class Trainer:
         if not self._lpips:
             result["lpips"] = None  # weights not available locally
         self.metrics[str(step)] = result
-        atomic_write_text(self.out / "metrics.json", json.dumps(self.metrics, indent=2))
+        if self.dist.is_main:
+            atomic_write_text(self.out / "metrics.json", json.dumps(self.metrics, indent=2))
         return result
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_step(self, step: int, with_ply: bool) -> None:
         """The checkpoint of ``step`` (and its PLY, written first, so that a checkpoint that exists always
-        has its PLY), then drop periodic checkpoints beyond the newest ``keep_ckpts``."""
-        if with_ply:
+        has its PLY), then drop periodic checkpoints beyond the newest ``keep_ckpts``. Every rank calls
+        this; rank 0 writes."""
+        if with_ply and self.dist.is_main:
             write_ply(self.out / "point_cloud" / f"iteration_{step}" / "point_cloud.ply", self.params)
         self.save_checkpoint(self.out / "ckpts" / checkpoint_name(step))
-        prune_checkpoints(self.out / "ckpts", self.cfg.keep_ckpts, self.cfg.save_steps)
+        if self.dist.is_main:
+            prune_checkpoints(self.out / "ckpts", self.cfg.keep_ckpts, self.cfg.save_steps)
 
     def save_checkpoint(self, path: Path) -> None:
+        """Every rank calls this (the densification statistics are summed onto rank 0); rank 0 writes."""
+        self.dist.gather_densify_state(self.densifier.state)
+        if not self.dist.is_main:
+            return
         ckpt = {
             "format": FORMAT,
             "step": self.step,
@@ -663,6 +801,7 @@ class Trainer:
             "scene_extent": self.extent,
             "scene_fingerprint": self.fingerprint,
             "background": self.current_background().detach().cpu(),  # [3], the colour renders use
+            "global_batch": self.global_batch,
         }
         if self.background_logit is not None:
             ckpt["background_logit"] = self.background_logit.detach().cpu()
@@ -676,10 +815,11 @@ class Trainer:
             ckpt = read_checkpoint(ckpt)
         try:
             self.params = params_from_checkpoint(ckpt, self.device)
-            self.optimizers = make_optimizers(self.params, self._lrs(), eps=self.cfg.adam_eps)
+            self.optimizers = self._make_optimizers()
             for k, opt in self.optimizers.items():
                 opt.load_state_dict(ckpt["optimizers"][k])
             self.densifier.load_state_dict(ckpt["strategy"], self.device)
+            self.dist.localize_loaded_state(self.densifier.state)  # the saved sums stay on rank 0 only
             if self.background_logit is not None:
                 self.background_logit = torch.nn.Parameter(ckpt["background_logit"].to(self.device, torch.float32))
                 self.background_optimizer = torch.optim.Adam([self.background_logit], lr=self.cfg.background_lr,
@@ -710,10 +850,29 @@ def params_from_checkpoint(
     return torch.nn.ParameterDict({k: torch.nn.Parameter(params[k].to(device)) for k in PARAM_KEYS})
 
 
+def batch_views(seed: int, step: int, n: int, batch_size: int = 1, rank: int = 0, world_size: int = 1) -> list[int]:
+    """Training views of one rank at ``step`` (1-based), a pure function of its arguments.
+
+    The views form one stream, a fresh permutation of the ``n`` training views per epoch (seeded by
+    ``seed`` and the epoch); step ``s`` takes the global batch of ``B = world_size * batch_size`` views
+    at stream positions ``(s - 1) * B ... s * B - 1``, and rank ``r`` the ``batch_size`` of them from
+    ``r * batch_size``. With ``B = 1`` this is the single-view order of earlier versions.
+    """
+    first = (step - 1) * batch_size * world_size + rank * batch_size
+    views = []
+    for k in range(first, first + batch_size):
+        epoch, pos = divmod(k, n)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        views.append(int(torch.randperm(n, generator=gen)[pos]))
+    return views
+
+
 # ------------------------------------------------------------------------------------------------------
 # Python API
 # ------------------------------------------------------------------------------------------------------
-def train(scene: str | Path, config: TrainConfig | None = None, sfm=None) -> TrainResult:
+def train(
+    scene: str | Path, config: TrainConfig | None = None, sfm=None, dist: DistContext | None = None
+) -> TrainResult:
     """Train Gaussians on ``scene`` (a folder with ``images/`` and optionally ``sparse/0``).
 
     Examples:
@@ -723,7 +882,9 @@ def train(scene: str | Path, config: TrainConfig | None = None, sfm=None) -> Tra
         >>> result.metrics[str(result.steps)]["psnr"]
 
     ``sfm`` (a :class:`splat.sfm.PrepareConfig`) sets how SfM runs when the scene has no model yet.
+    ``dist`` is this process's place in a data-parallel run (an initialised process group; see
+    :mod:`splat.distributed`); one process when None.
     """
     scene = Path(scene)
     cfg = config if config is not None else default_config(scene)
-    return Trainer(scene, cfg, sfm=sfm).train()
+    return Trainer(scene, cfg, sfm=sfm, dist=dist).train()
