@@ -556,7 +556,7 @@ class Trainer:
             if cfg.strategy == "mcmc":
                 loss = loss + cfg.opacity_reg * torch.sigmoid(self.params["opacities"]).mean()
                 loss = loss + cfg.scale_reg * torch.exp(self.params["scales"]).mean()
-            if not loss.requires_grad:  # nothing in view: every Gaussian was culled
+            if not self._gaussians_in_view:  # every Gaussian was culled (the loss may still reach a learned background)
                 self._raise_if_diverged(step)
                 raise self._diverged(
                     step,
@@ -641,6 +641,8 @@ class Trainer:
             backgrounds=None if learned else self.background[None].expand(len(viewmats), -1),
             backend=self.cfg.backend,
         )
+        # every Gaussian culled: nothing of the Gaussians reaches the loss (checked by the loop)
+        self._gaussians_in_view = img.requires_grad
         if learned:  # composited here, as in render(): a gradient to the colour on every backend
             img = img + (1 - alpha) * self.current_background()
         return img, meta
