@@ -375,5 +375,15 @@ def _run(name: str, rest: list[str]) -> int:
     raise AssertionError(name)
 
 
+def entry() -> int:
+    """The ``splat`` console script: :func:`main`, and under torchrun an immediate exit afterwards (see
+    :func:`splat.distributed.end_worker`)."""
+    code = main()
+    from splat.distributed import end_worker
+
+    end_worker(code)
+    return code
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

@@ -236,4 +236,22 @@ def process_group(ctx: DistContext, device: str, timeout_s: float = 1800.0):
         dist.destroy_process_group()
 
 
-__all__ = ["SINGLE", "DistContext", "LaunchError", "from_env", "process_group", "rank_device"]
+def end_worker(code: int) -> None:
+    """End a distributed worker process now with ``code``, without the interpreter's finalisation.
+
+    After a run, gloo's background thread may still be releasing the tensors of finished collectives when
+    the main thread finalises the interpreter; it then cannot take the GIL and the process aborts (SIGABRT,
+    "terminate called without an active exception"; seen with torch 2.13 on CPU, after every file had been
+    written). Everything the run writes is written atomically and closed by now: flush the streams and exit.
+    Does nothing (returns) outside a distributed launch."""
+    if not from_env().enabled:
+        return
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+__all__ = ["SINGLE", "DistContext", "LaunchError", "from_env", "process_group", "rank_device", "end_worker"]

@@ -412,6 +412,14 @@ class Trainer:
 
     def render(self, K: Tensor, viewmat: Tensor, width: int, height: int, sh_degree: int):
         """Render one view -> (image [H, W, 3], alpha [H, W, 1], meta)."""
+        img, alpha, meta = self.render_views(K[None], viewmat[None], width, height, sh_degree)
+        return img[0], alpha[0], meta
+
+    def render_views(self, Ks: Tensor, viewmats: Tensor, width: int, height: int, sh_degree: int):
+        """Render C views in one call -> (images [C, H, W, 3], alpha [C, H, W, 1], meta).
+
+        Sets ``_gaussians_in_view``: False when every Gaussian was culled (nothing of them reaches a loss,
+        though a learned background still does)."""
         p = self.params
         learned = self.background_logit is not None
         colors = torch.cat([p["sh0"], p["shN"]], dim=1)  # [N, K, 3]
@@ -421,17 +429,18 @@ class Trainer:
             torch.exp(p["scales"]),
             torch.sigmoid(p["opacities"]),
             colors,
-            viewmat[None],
-            K[None],
+            viewmats,
+            Ks,
             width,
             height,
             sh_degree=sh_degree,
-            backgrounds=None if learned else self.background[None],
+            backgrounds=None if learned else self.background[None].expand(len(viewmats), -1),
             backend=self.cfg.backend,
         )
+        self._gaussians_in_view = img.requires_grad
         if learned:  # composited here, the same formula on every backend, with a gradient to the colour
-            return img[0] + (1 - alpha[0]) * self.current_background(), alpha[0], meta
-        return img[0], alpha[0], meta
+            img = img + (1 - alpha) * self.current_background()
+        return img, alpha, meta
 
     def active_sh_degree(self, step: int) -> int:
         """Degree used at ``step`` (1-based): raised by one after every ``sh_degree_interval`` steps."""
@@ -549,7 +558,7 @@ class Trainer:
             lr_means *= self.lr_scale
             set_lr(self.optimizers, "means", lr_means)
 
-            img, info = self._render_train(K, viewmat, width, height, self.active_sh_degree(step))
+            img, _, info = self.render_views(K, viewmat, width, height, self.active_sh_degree(step))
             self.densifier.step_pre_backward(self.params, self.optimizers, step, info)
             losses = [self._photo_loss(img[i], gt[i]) for i in range(len(views))]
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()  # mean over the views
@@ -621,31 +630,6 @@ class Trainer:
             width,
             height,
         )
-
-    def _render_train(self, Ks: Tensor, viewmats: Tensor, width: int, height: int, sh_degree: int):
-        """Render C training views in one call -> (images [C, H, W, 3], meta)."""
-        p = self.params
-        learned = self.background_logit is not None
-        colors = torch.cat([p["sh0"], p["shN"]], dim=1)  # [N, K, 3]
-        img, alpha, meta = rasterize(
-            p["means"],
-            p["quats"],
-            torch.exp(p["scales"]),
-            torch.sigmoid(p["opacities"]),
-            colors,
-            viewmats,
-            Ks,
-            width,
-            height,
-            sh_degree=sh_degree,
-            backgrounds=None if learned else self.background[None].expand(len(viewmats), -1),
-            backend=self.cfg.backend,
-        )
-        # every Gaussian culled: nothing of the Gaussians reaches the loss (checked by the loop)
-        self._gaussians_in_view = img.requires_grad
-        if learned:  # composited here, as in render(): a gradient to the colour on every backend
-            img = img + (1 - alpha) * self.current_background()
-        return img, meta
 
     def _trained_tensors(self) -> dict[str, Tensor]:
         """Everything the step's gradients update: the Gaussians, and the learned background if any."""

@@ -87,6 +87,9 @@ def _worker(rank: int, world: int, store: str, scene: str, cfg, results: str, in
         )
     finally:
         dist.destroy_process_group()
+    # as splat.distributed.end_worker: interpreter finalisation can abort while gloo's thread still
+    # releases tensors (SIGABRT seen once in a full-suite run)
+    os._exit(0)
 
 
 def _trained(trainer) -> dict:
