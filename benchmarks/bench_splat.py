@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--init-only", action="store_true", help="only the SfM-initialisation timing")
     ap.add_argument("--no-brute-force", action="store_true", help="skip the all-pairs knn baseline (slow)")
     ap.add_argument("--results", type=Path, default=None, help="append every row to this file (JSON lines)")
+    ap.add_argument("--progress", action="store_true", help="show the trainer's progress bar (loss, Gaussians)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads) if not args.full else None
     if args.full and not torch.cuda.is_available():
@@ -109,7 +110,7 @@ def main() -> None:
     rows = []
     for name in args.scenes:
         if args.full:
-            cfg = dataclasses.replace(PRESETS["default"], out=root / name, device="cuda", progress=False)
+            cfg = dataclasses.replace(PRESETS["default"], out=root / name, device="cuda", progress=args.progress)
         else:
             s = args.steps
             # The original's proportions (densify until half-way), except the opacity reset: opacities
@@ -117,10 +118,10 @@ def main() -> None:
             # reset, and only with >= 300 steps after it (a reset at 30 of 60 steps costs ~1.3 dB).
             reset = s // 3 if s >= 450 else 0
             cfg = dataclasses.replace(
-                PRESETS["cpu-small"], out=root / name, device="cpu", progress=False, steps=s, max_width=args.max_width,
+                PRESETS["cpu-small"], out=root / name, device="cpu", steps=s, max_width=args.max_width,
                 init_scale=1.0, means_lr_steps=s, sh_degree_interval=max(s // 4, 1), refine_start=s // 10,
                 refine_stop=s // 2, refine_every=max(s // 10, 1), reset_every=reset, eval_steps=(0, s),
-                save_steps=(s,), ckpt_every=0, save_renders=False, lpips=False,
+                save_steps=(s,), ckpt_every=0, save_renders=False, lpips=False, progress=args.progress,
             )  # fmt: skip
         if args.full:
             torch.cuda.reset_peak_memory_stats()
