@@ -115,9 +115,19 @@ def fill(page, elem_id: str, text: str):
 
 
 def set_number(page, elem_id: str, value):
+    """Type a number and make sure the page keeps it. A box inside an accordion that has just been opened can
+    still be taking its initial value from the app when Playwright types into it (seen once in CI: 40 was
+    typed, the server received the default 2); so re-type until the value has stayed put for a moment."""
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+    box.wait_for(state="visible")
+    for _ in range(5):
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()
+        page.wait_for_timeout(250)
+        if box.input_value() == str(value):
+            return
+    raise AssertionError(f"#{elem_id} did not keep the value {value} (shows {box.input_value()!r})")
 
 
 def run_and_expect(page, prefix: str, text: str):
