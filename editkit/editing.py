@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from .inversion import METHODS, Inversion, check_inversion, check_method, invert
+from .inversion import METHODS, Inversion, check_inversion, check_method, invert, start_latents
 from .p2p import generate
 from .p2p.controllers import REAL_IMAGE_SELF_REPLACE_MIN_FACTOR
+from .sampling import start_step
 
 __all__ = ["METHODS", "REAL_IMAGE_SELF_REPLACE_MIN_FACTOR", "edit_image"]
 
@@ -46,6 +47,8 @@ def edit_image(
     return_attention: bool | str = False,
     progress: bool = True,
     self_replace_min_factor: int = REAL_IMAGE_SELF_REPLACE_MIN_FACTOR,
+    strength: float = 1.0,
+    init_latent: torch.Tensor | None = None,
     **invert_kwargs,
 ):
     """Prompt-to-Prompt on a real image: invert it (or reuse an :class:`Inversion`), then edit.
@@ -64,13 +67,23 @@ def edit_image(
             the edit's ``self_replace_steps``: 2 (default, the real-image rule of the null-text and
             PnPInversion code, 32x32 at 512 px) or 4 (the text-to-image notebook's rule, 16x16 at 512 px).
         return_attention: as in :func:`editkit.p2p.generate`.
+        strength: run only the last ``int(T * strength)`` of the ``T`` steps (image-to-image, as diffusers'
+            img2img counts it), starting from the inversion's latents at that step (1: all steps).
+        init_latent: an image latent ``[1, C, h, w]`` the target rows start from instead of the image's own
+            (see :func:`editkit.inversion.start_latents`): the edit is then made of ``init_latent`` while
+            the source row still reconstructs the inverted image and lends it its attention. Used by
+            :mod:`splat.edit` to edit a render of a scene under the attention of the view's photo.
         generator: unused by the deterministic inversions; accepted for API symmetry with ``generate``.
         invert_kwargs: passed to :func:`invert` (``num_inner_steps``, ``size``, ...).
 
     Returns:
         :class:`editkit.p2p.P2PResult`, with ``.inversion`` set when ``return_inversion=True``.
     """
-    # 1. Inversion (or reuse one)
+    # 1. Inversion (or reuse one); the strength is checked first, before an inversion is paid for
+    if not isinstance(target_prompts, str):
+        target_prompts = list(target_prompts)
+    given = image_or_inversion
+    start_step(given.num_inference_steps if isinstance(given, Inversion) else num_inference_steps, strength)
     if isinstance(image_or_inversion, Inversion):
         inv = image_or_inversion
         check_inversion(pipe, inv)
@@ -93,6 +106,12 @@ def edit_image(
         )
     device = pipe._execution_device
     h, w = inv.latents.shape[-2:]
+    first_step = start_step(inv.num_inference_steps, strength)
+    if first_step == 0 and init_latent is None:
+        latents = inv.noise  # one row, shared by every prompt
+    else:
+        n_targets = 1 if isinstance(target_prompts, str) else len(target_prompts)
+        latents = start_latents(pipe, inv, first_step, n_targets, init_latent)
 
     # 2. The inversion's conditioning: ∅_t (null-text), ∅ := C_src (negative prompt, 5), source row put back
     #    on the pivot (Direct Inversion, 6)
@@ -119,7 +138,7 @@ def edit_image(
         local_blend=local_blend,
         num_inference_steps=inv.num_inference_steps,
         guidance_scale=inv.guidance_scale,
-        latents=inv.noise.to(device=device, dtype=pipe.unet.dtype),
+        latents=latents.to(device=device, dtype=pipe.unet.dtype),
         height=h * pipe.vae_scale_factor,
         width=w * pipe.vae_scale_factor,
         return_attention=return_attention,
@@ -128,6 +147,7 @@ def edit_image(
         negative_prompt=negative_prompt,
         step_callback=callback,
         self_replace_min_factor=self_replace_min_factor,
+        first_step=first_step,
     )
     if return_inversion:
         result.inversion = inv

@@ -456,6 +456,34 @@ def invert(
     return Inversion(trajectory, prompt, num_inference_steps, guidance_scale, method, uncond)
 
 
+def start_latents(pipe, inversion: Inversion, first_step: int, num_targets: int,
+                  init_latent: torch.Tensor | None = None) -> torch.Tensor:
+    """The rows ``[1 + num_targets, C, h, w]`` that sampling step ``first_step`` starts from.
+
+    The source row is the inversion's pivot at that step (its latent after ``T - first_step`` inversion
+    steps). The target rows are the same pivot, or, with ``init_latent`` (an image latent ``[1, C, h, w]``,
+    e.g. another view of the same scene), the pivot with its image part swapped for ``init_latent``'s:
+    ``z*_t + sqrt(ᾱ_t) (init_latent - z_0)``. A DDIM-inverted latent is ``sqrt(ᾱ_t) z_0 + sqrt(1 - ᾱ_t) ε``
+    for the noise ``ε`` the inversion found, so the targets start from ``init_latent`` noised with the
+    image's own inverted noise (SDEdit's start, with the noise of the source instead of fresh noise).
+    """
+    T = inversion.num_inference_steps
+    if not isinstance(first_step, int) or not 0 <= first_step < T:
+        raise ValueError(f"first_step must be an integer in [0, {T - 1}], got {first_step!r}")
+    pivot = inversion.latents[T - first_step][None].float()  # [1, C, h, w]
+    targets = pivot.expand(num_targets, *pivot.shape[1:])
+    if init_latent is not None:
+        init = init_latent.detach().to(pivot.device, torch.float32)
+        if init.ndim == 3:
+            init = init[None]
+        if tuple(init.shape) != tuple(pivot.shape):
+            raise ValueError(f"init_latent must have the inversion's latent shape {tuple(pivot.shape)}, got {tuple(init.shape)}")
+        t = sampling_timesteps(pipe, T)[::-1][first_step]  # the timestep of sampling step first_step
+        sqrt_a = float(_alpha_prod(pipe.scheduler, t)) ** 0.5
+        targets = (pivot + sqrt_a * (init - inversion.z0.float().to(pivot.device))).expand_as(targets)
+    return torch.cat([pivot, targets])
+
+
 def inversion_conditioning(pipe, inversion: Inversion, prompts=None, height=None, width=None) -> Conditioning:
     """The conditioning that samples ``prompts`` (default: the inversion prompt) back along the inversion.
 

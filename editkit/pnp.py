@@ -57,10 +57,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .hooks import AttentionCall, BatchLayout, Controller, describe_layers, hooked
-from .inversion import Inversion, check_inversion, invert
+from .inversion import Inversion, check_inversion, invert, start_latents
 from .progress import PNP
 from .progress import report as progress_report
-from .sampling import check_guidance, check_steps, decode_latents, encode_prompts
+from .sampling import check_guidance, check_steps, decode_latents, encode_prompts, start_step
 
 DEFAULT_NEGATIVE_PROMPT = "ugly, blurry, black, low res, unrealistic"
 
@@ -162,6 +162,8 @@ def pnp_edit(
     size: int | tuple[int, int] | None = None,
     keep_aspect: bool = False,
     inversion_steps: int | None = None,
+    strength: float = 1.0,
+    init_latent: torch.Tensor | None = None,
 ) -> PnPResult:
     """Edit a real image into ``target_prompt`` with Plug-and-Play feature and self-attention injection.
 
@@ -183,6 +185,11 @@ def pnp_edit(
         inversion_steps: DDIM inversion steps when an image is given: ``None`` (default) inverts with
             ``num_inference_steps``; ``999`` is the reference's (pnp-diffusers ``preprocess.py``), about
             20x the inversion time.
+        strength: run only the last ``int(T * strength)`` of the ``T`` steps (image-to-image), from the
+            inversion's latents at that step (1: all steps, the reference).
+        init_latent: an image latent ``[1, C, h, w]`` the target rows start from instead of the image's own
+            (see :func:`editkit.inversion.start_latents`); the source row (the injected features) is still
+            the inverted image's.
 
     Examples:
         >>> res = pnp_edit(pipe, "horse.jpg", "a photo of a pink toy horse on the beach", return_inversion=True)
@@ -196,6 +203,8 @@ def pnp_edit(
     if not targets or any(not isinstance(p, str) for p in targets):
         raise ValueError(f"target_prompt must be a string or a list of strings, got {target_prompt!r}")
     guidance_scale = check_guidance(guidance_scale)
+    given = image_or_inversion
+    start_step(given.num_inference_steps if isinstance(given, Inversion) else num_inference_steps, strength)
 
     # 2. DDIM inversion with the source prompt (or reuse one)
     if isinstance(image_or_inversion, Inversion):
@@ -228,7 +237,12 @@ def pnp_edit(
     scheduler = pipe.scheduler
     scheduler.set_timesteps(T, device=device)
     pivots = inv.latents.to(device=device, dtype=dtype)  # [T + 1, C, h, w]
-    x = pivots[T:].expand(len(targets), -1, -1, -1).clone()  # [P, C, h, w] from z*_T
+    first_step = start_step(T, strength)
+    if first_step == 0 and init_latent is None:
+        x = pivots[T:].expand(len(targets), -1, -1, -1).clone()  # [P, C, h, w] from z*_T
+    else:  # image-to-image: from the latents at step first_step (the rows after the source's)
+        x = start_latents(pipe, inv, first_step, len(targets), init_latent)[1:].to(device=device, dtype=dtype)
+        scheduler.set_timesteps(T, device=device)
     state = {"step": 0}
 
     def inject_features(module, args, output):  # output [1 + B, C', h', w'] of the ResBlock's conv2
@@ -241,7 +255,8 @@ def pnp_edit(
     try:
         with hooked(pipe.unet, QKInjection(layers.attention, qk_steps)) as session:
             session.begin(layout, latent_hw, T)
-            for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="Plug-and-Play", leave=False)):
+            steps = tqdm(scheduler.timesteps[first_step:], disable=not progress, desc="Plug-and-Play", leave=False)
+            for i, t in enumerate(steps, start=first_step):
                 state["step"] = i
                 session.set_step(i, t)
                 model_in = torch.cat([x] * 2) if cfg else x
@@ -261,7 +276,7 @@ def pnp_edit(
                     uncond, text = out.chunk(2)
                     out = uncond + guidance_scale * (text - uncond)
                 x = scheduler.step(out, t, x, return_dict=False)[0]
-                progress_report(PNP, i + 1, T)
+                progress_report(PNP, i + 1 - first_step, T - first_step)
     finally:
         handle.remove()
 

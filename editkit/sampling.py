@@ -181,8 +181,13 @@ def denoise(
     step_callback: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     eta: float = 0.0,
     generator=None,
+    first_step: int = 0,
 ) -> torch.Tensor:
     """The guided denoising loop (DDIM by default) from ``latents`` ``[P, C, h, w]``.
+
+    ``first_step > 0`` starts part-way (image-to-image): ``latents`` are then the latents at timestep
+    ``timesteps[first_step]`` and the steps before it are skipped; step indices (what ``session`` and
+    ``step_callback`` see, and the controllers' schedules) stay those of the full ``num_inference_steps``.
 
     Every UNet call is preceded by ``session.set_step(i, t)`` and every scheduler step followed by
     ``step_callback(i, latents)`` (a correction such as Direct Inversion's) and then ``session.step_end``
@@ -193,8 +198,11 @@ def denoise(
     timesteps = pipe.scheduler.timesteps
     if session is not None:
         session.begin(BatchLayout(latents.shape[0], guidance_scale > 1.0), tuple(latents.shape[-2:]), len(timesteps))
+    if not isinstance(first_step, int) or isinstance(first_step, bool) or not 0 <= first_step < len(timesteps):
+        raise ValueError(f"first_step must be an integer in [0, {len(timesteps) - 1}], got {first_step!r}")
     extra = {"eta": eta, "generator": generator} if "eta" in _step_params(pipe.scheduler) else {}
-    for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="sampling", leave=False)):
+    bar = tqdm(timesteps[first_step:], disable=not progress, desc="sampling", leave=False)
+    for i, t in enumerate(bar, start=first_step):
         noise = predict_noise(pipe, latents, t, cond, i, guidance_scale, session)
         latents = pipe.scheduler.step(noise, t, latents, return_dict=False, **extra)[0]
         # corrections first (Direct Inversion puts the source row back on its trajectory), then the
@@ -203,7 +211,7 @@ def denoise(
             latents = step_callback(i, latents)
         if session is not None:
             latents = session.step_end(latents)
-        progress_report(SAMPLING, i + 1, len(timesteps))
+        progress_report(SAMPLING, i + 1 - first_step, len(timesteps) - first_step)
     return latents
 
 
@@ -219,6 +227,22 @@ def check_guidance(guidance_scale, minimum: float = 1.0) -> float:
             or not math.isfinite(guidance_scale) or guidance_scale < minimum):
         raise ValueError(f"guidance_scale must be a finite number >= {minimum:g}, got {guidance_scale!r}")
     return float(guidance_scale)
+
+
+def start_step(num_inference_steps: int, strength: float) -> int:
+    """The first sampling step of an image-to-image run of ``strength`` in ``(0, 1]``, as diffusers'
+    img2img pipelines count it: the last ``int(num_inference_steps * strength)`` steps are run."""
+    check_steps(num_inference_steps)
+    if (isinstance(strength, bool) or not isinstance(strength, int | float) or not math.isfinite(strength)
+            or not 0.0 < strength <= 1.0):
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+    run = min(int(num_inference_steps * strength), num_inference_steps)
+    if run < 1:
+        raise ValueError(
+            f"strength {strength} runs no step of {num_inference_steps}: use a strength of at least "
+            f"{1 / num_inference_steps:.3g} or more steps"
+        )
+    return num_inference_steps - run
 
 
 def check_steps(num_inference_steps) -> None:

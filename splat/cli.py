@@ -7,6 +7,7 @@
     splat view RUN_OR_CKPT_OR_PLY [--scene SCENE] [--port N]  live web viewer (viser)
     splat export CKPT --out FILE.ply                          write the Gaussians as a 3DGS PLY
     splat prepare SCENE [--overwrite] [--matcher ...]         COLMAP SfM from SCENE/images
+    splat edit RUN --scene SCENE --source "..." --target "..."  edit a trained scene with a prompt (splat.edit)
 
 CKPT may be a checkpoint (.pt), a 3DGS PLY (ours or the original implementation's) or a run folder.
 Every option is documented in ``splat <command> --help``. Options for ``train`` come from a preset,
@@ -33,6 +34,7 @@ from typing import Annotated, Literal
 import tyro
 
 from splat.config import PRESETS, ConfigError, TrainConfig
+from splat.edit import EditConfig
 from splat.sfm import PrepareConfig
 
 
@@ -156,6 +158,20 @@ class PrepareCommand:
     sfm: Annotated[PrepareConfig, tyro.conf.arg(name="")] = field(default_factory=PrepareConfig)
 
 
+@dataclass
+class EditCommand:
+    """Edit a trained scene with a text prompt: Instruct-NeRF2NeRF's Iterative Dataset Update with
+    editkit's Prompt-to-Prompt or Plug-and-Play edits of each view (see splat.edit)."""
+
+    run: tyro.conf.Positional[Path]
+    """A `splat train` output folder (its newest checkpoint), a checkpoint (.pt) or a 3DGS PLY."""
+    scene: Path
+    """Scene folder the run was trained on (its photos are what the edits start from)."""
+    edit: Annotated[EditConfig, tyro.conf.arg(name="")]
+    out: Path | None = None
+    """Output folder of the edited run (default: RUN-edit beside the run); must not exist or be empty."""
+
+
 COMMANDS = {
     "train": TrainCommand,
     "render": RenderCommand,
@@ -163,6 +179,7 @@ COMMANDS = {
     "export": ExportCommand,
     "prepare": PrepareCommand,
     "view": ViewCommand,
+    "edit": EditCommand,
 }
 
 
@@ -332,6 +349,8 @@ def _run(name: str, rest: list[str]) -> int:
             check_output_dir(trainer.out)
             print(json.dumps(trainer.evaluate(trainer.step), indent=2))
         return 0
+    if name == "edit":
+        return _edit(cmd)
     if name == "view":
         from splat.viewer_cli import serve
 
@@ -373,6 +392,46 @@ def _run(name: str, rest: list[str]) -> int:
         print(f"rendered {n} views to {cmd.out}")
         return 0
     raise AssertionError(name)
+
+
+def _edit(cmd: EditCommand) -> int:
+    from editkit.models import ModelNotFoundError
+    from splat.edit import edit_scene
+    from splat.trainer import TrainingInterrupted
+
+    run = cmd.run
+    out = cmd.out
+    if out is None:
+        folder = run if run.is_dir() else run.parent.parent if run.parent.name == "ckpts" else run.parent
+        out = folder.parent / f"{folder.name}-edit"
+    try:
+        result = edit_scene(run, cmd.scene, cmd.edit, out)
+    except ModelNotFoundError as e:
+        print(f"splat edit: error: {e.for_cli()}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as e:
+        print(
+            f"splat edit: interrupted at step {e.step}; the Gaussians so far are in {e.checkpoint}. An edit does "
+            "not resume: run the same command with a new --out (the photos' inversions are cached)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    summary = {
+        "out": str(result.out),
+        "checkpoint": str(result.checkpoint),
+        "ply": str(result.ply),
+        "steps": result.steps,
+        "views_edited": result.views_edited,
+        "inversions_computed": result.inversions_computed,
+        "inversions_loaded": result.inversions_loaded,
+        "seconds_per_edit": round(result.seconds_per_edit, 3),
+        "elapsed_s": round(result.elapsed_s, 1),
+        "psnr_vs_photos_before": result.before.get("psnr"),
+        "psnr_vs_photos_after": result.after.get("psnr"),
+        "before_after": str(result.contact_sheet) if result.contact_sheet else None,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def entry() -> int:

@@ -94,6 +94,18 @@ class ViewDataset:
             self._cache[i] = self._decode(i)
         return self._cache[i]
 
+    def image_u8(self, i: int) -> Tensor:
+        """View ``i``'s image as held: uint8 ``[H, W, 3]`` (decoded on first use)."""
+        return self._image(i)
+
+    def replace_image(self, i: int, image: Tensor) -> None:
+        """Hold ``image`` (uint8 ``[H, W, 3]`` of the view's size) for view ``i`` instead of its photo (the
+        dataset update of :mod:`splat.edit`); the file on disk is untouched."""
+        w, h = self.size(i)
+        if image.dtype != torch.uint8 or tuple(image.shape) != (h, w, 3):
+            raise ValueError(f"view {i} needs a uint8 image of shape ({h}, {w}, 3), got {image.dtype} {tuple(image.shape)}")
+        self._cache[i] = image.detach().cpu().clone()
+
     def preload(self, num_threads: int | None = None) -> None:
         """Decode every image not decoded yet, in parallel; the first broken file raises a SceneError."""
         todo = [i for i in range(len(self.views)) if i not in self._cache]

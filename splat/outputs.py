@@ -64,21 +64,28 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def save_comparisons(folder: Path, columns: int = 2, gap: int = 4) -> Path | None:
+def save_comparisons(
+    folder: Path,
+    columns: int = 2,
+    gap: int = 4,
+    left: str = "gt",
+    right: str = "render",
+    caption: str = "left: ground truth, right: render",
+) -> Path | None:
     """Side-by-side images of one evaluation's renders, and a contact sheet of all of them.
 
     Reads the ``NAME_gt.png`` / ``NAME_render.png`` pairs in ``folder`` (as written by the trainer's
-    evaluation), writes ``NAME_compare.png`` (ground truth left, render right) for each pair and
-    ``contact_sheet.png``: every pair in a grid of ``columns`` pairs per row, each under its name.
-    Returns the contact sheet's path, or None when ``folder`` holds no pair.
+    evaluation; other suffixes with ``left`` / ``right``), writes ``NAME_compare.png`` (left image left)
+    for each pair and ``contact_sheet.png``: every pair in a grid of ``columns`` pairs per row, each under
+    its name, ``caption`` on top. Returns the contact sheet's path, or None when ``folder`` holds no pair.
     """
     from PIL import ImageDraw
 
     folder = Path(folder)
     pairs = []
-    for gt_path in sorted(folder.glob("*_gt.png")):
-        stem = gt_path.name[: -len("_gt.png")]
-        render_path = folder / f"{stem}_render.png"
+    for gt_path in sorted(folder.glob(f"*_{left}.png")):
+        stem = gt_path.name[: -len(f"_{left}.png")]
+        render_path = folder / f"{stem}_{right}.png"
         if render_path.is_file():
             with Image.open(gt_path) as gt, Image.open(render_path) as render:
                 pairs.append((stem, gt.convert("RGB"), render.convert("RGB")))
@@ -101,7 +108,7 @@ def save_comparisons(folder: Path, columns: int = 2, gap: int = 4) -> Path | Non
     size = (cols * cell_w + (cols + 1) * gap, label_h + rows * cell_h + (rows + 1) * gap)
     sheet = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    draw.text((gap, gap), "left: ground truth, right: render", fill=(0, 0, 0))
+    draw.text((gap, gap), caption, fill=(0, 0, 0))
     for i, (stem, tile) in enumerate(tiles):
         x = gap + (i % cols) * (cell_w + gap)
         y = label_h + gap + (i // cols) * (cell_h + gap)

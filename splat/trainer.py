@@ -618,6 +618,12 @@ class Trainer:
                 self.save_step(step, with_ply=keep)
         bar.close()
 
+    def set_train_image(self, i: int, image: Tensor) -> None:
+        """Train on ``image`` (uint8 ``[H, W, 3]``) for training view ``i`` from the next step on (the
+        Iterative Dataset Update of :mod:`splat.edit`)."""
+        self.train_set.replace_image(i, image)
+        self.__dict__.get("_device_views", {}).pop(i, None)  # the device copy is made again on next use
+
     def _train_views(self, views: list[int]) -> tuple[Tensor, Tensor, Tensor, int, int]:
         """Training views ``views`` stacked -> (images [C, H, W, 3], Ks [C, 3, 3], viewmats [C, 4, 4],
         width, height); one size for all (one rasterisation renders them together)."""

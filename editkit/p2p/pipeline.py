@@ -139,6 +139,7 @@ def generate(
     step_callback: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     output_type: str = "pil",
     self_replace_min_factor: int = SELF_REPLACE_MIN_FACTOR,
+    first_step: int = 0,
 ) -> P2PResult:
     """Generate the source image and its Prompt-to-Prompt edits from one shared initial noise.
 
@@ -164,6 +165,9 @@ def generate(
         self_replace_min_factor: self-attention is replaced in layers at most latent / this per side: 4 (the
             text-to-image notebook's ``16 ** 2`` at 512 px, the default here) or 2 (the real-image rule,
             ``32 ** 2``, the default of :func:`editkit.editing.edit_image`).
+        first_step: start at this step (image-to-image): ``latents`` ``[P, C, h, w]`` are then the latents
+            at that step's timestep; the edit's step windows still count from step 0 of
+            ``num_inference_steps`` (see :func:`editkit.sampling.denoise`).
     """
     # 1. Check inputs
     prompts = check_inputs(source_prompt, target_prompts, guidance_scale)
@@ -210,10 +214,10 @@ def generate(
     if controllers:
         with hooked(pipe.unet, controllers) as session:
             x_0 = sampling.denoise(pipe, x_t, cond, num_inference_steps, guidance_scale, session=session,
-                                   progress=progress, step_callback=step_callback)
+                                   progress=progress, step_callback=step_callback, first_step=first_step)
     else:
         x_0 = sampling.denoise(pipe, x_t, cond, num_inference_steps, guidance_scale, progress=progress,
-                               step_callback=step_callback)
+                               step_callback=step_callback, first_step=first_step)
 
     # 6. Decode
     images = sampling.decode_latents(pipe, x_0, output_type=output_type)
