@@ -181,3 +181,68 @@ def test_bad_inputs(sd1, tmp_path):
         invert(sd1, bad, PROMPT, "ddim", 2, progress=False)
     with pytest.raises(ValueError, match="too small"):
         invert(sd1, photo(8), PROMPT, "ddim", 2, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# image-to-image starts (strength, init_latent): what `splat edit` builds on
+
+
+def test_start_latents_swap_the_image_part_of_the_pivot(smooth_sd1, inversions):
+    from editkit.inversion import sampling_timesteps, start_latents
+
+    inv = inversions["direct"]
+    for first in (0, 2, STEPS - 1):
+        rows = start_latents(smooth_sd1, inv, first, 2)
+        assert rows.shape == (3, 4, 8, 8)
+        for r in rows:  # without init_latent every row starts on the pivot of that step
+            torch.testing.assert_close(r[None], inv.latents[STEPS - first][None], atol=0, rtol=0)
+        same = start_latents(smooth_sd1, inv, first, 1, init_latent=inv.z0)  # the image's own latent: no change
+        torch.testing.assert_close(same[1:], same[:1], atol=1e-6, rtol=0)
+    g = torch.Generator().manual_seed(0)
+    other = torch.randn(inv.z0.shape, generator=g)
+    rows = start_latents(smooth_sd1, inv, 2, 1, init_latent=other)
+    t = sampling_timesteps(smooth_sd1, STEPS)[::-1][2]
+    a = float(smooth_sd1.scheduler.alphas_cumprod[t])
+    torch.testing.assert_close(rows[1:] - rows[:1], a**0.5 * (other - inv.z0), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="latent shape"):
+        start_latents(smooth_sd1, inv, 2, 1, init_latent=torch.zeros(1, 4, 4, 4))
+    with pytest.raises(ValueError, match="first_step"):
+        start_latents(smooth_sd1, inv, STEPS, 1)
+
+
+def test_strength_runs_the_last_steps_and_lands_on_the_init_image(smooth_sd1, inversions):
+    """At guidance 1 with a noise prediction that hardly depends on the latent (``smooth_sd1``), DDIM from
+    ``start_latents(init_latent=x)`` must end on ``x``'s latent and the source row on the photo's; and a
+    run of strength s calls the UNet for exactly the last ``int(T * s)`` steps."""
+    inv = dataclasses.replace(inversions["ddim"], guidance_scale=1.0)
+    calls = []
+    handle = smooth_sd1.unet.register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        other = inv.z0.flip(-1) * 1.5  # another image's latent (mirrored, more contrast)
+        res = edit_image(smooth_sd1, inv, PROMPT, [PROMPT], edit=None, progress=False, strength=0.5, init_latent=other)
+    finally:
+        handle.remove()
+    assert len(calls) == STEPS // 2
+    torch.testing.assert_close(res.latents[:1], inv.z0, atol=2e-3 * float(inv.z0.abs().max()), rtol=0)
+    torch.testing.assert_close(res.latents[1:], other, atol=2e-3 * float(other.abs().max()), rtol=0)
+    assert mse(other, inv.z0) > 100 * mse(res.latents[1:], other)  # the two rows really went apart
+    for bad in (0.0, 1.5, float("nan"), 0.01):
+        with pytest.raises(ValueError, match="strength"):
+            edit_image(smooth_sd1, inv, PROMPT, [PROMPT], progress=False, strength=bad)
+
+
+def test_plug_and_play_strength_runs_the_last_steps(smooth_sd1, inversions):
+    from editkit.pnp import pnp_edit
+
+    inv = inversions["ddim"]
+    calls = []
+    handle = smooth_sd1.unet.register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        full = pnp_edit(smooth_sd1, inv, "a painting of a cat", progress=False, output_type="pt")
+        n_full = len(calls)
+        part = pnp_edit(smooth_sd1, inv, "a painting of a cat", progress=False, output_type="pt", strength=0.5,
+                        init_latent=inv.z0)  # fmt: skip
+    finally:
+        handle.remove()
+    assert n_full == STEPS and len(calls) - n_full == STEPS // 2
+    assert not torch.equal(full.latents, part.latents)
