@@ -18,8 +18,11 @@ Stages (run in the order given; each finishes within 10 minutes on one H100 / H2
                  resolution; PSNR, SSIM, LPIPS (when its weights are on disk), wall time, peak GPU
                  memory, number of Gaussians, SfM-initialisation time, checkpoint bytes per Gaussian
   splat-beercan  the same on ../shared/scenes/beercan
-  editkit        benchmarks/bench_p2p.py --full and benchmarks/bench_real_edit.py --full (SD 1.5 weights
-                 must be in the local Hugging Face cache: the machine may have no network)
+  editkit        benchmarks/bench_p2p.py --full and benchmarks/bench_real_edit.py --full (the full SD 1.5
+                 architecture with random weights: no download needed)
+  scene-edit     benchmarks/bench_scene_edit.py --full --configs idu: `splat edit` on ../shared/scenes/cup
+                 with a full-size SD-1.5-shaped UNet (random weights), fp16: time per edited view, whole
+                 edit, inversion-cache saving, peak GPU memory
   all            every stage above, in this order
 
 Environment:
@@ -33,7 +36,7 @@ anything is installed or run).
 EOF
 }
 
-STAGES=(install tests splat-cup splat-beercan editkit)
+STAGES=(install tests splat-cup splat-beercan editkit scene-edit)
 if [ $# -eq 0 ]; then
   usage >&2
   exit 2
@@ -129,6 +132,10 @@ EOF
       header editkit
       "$PY" benchmarks/bench_p2p.py --full | tee -a "$RESULTS"
       "$PY" benchmarks/bench_real_edit.py --full | tee -a "$RESULTS"
+      ;;
+    scene-edit)
+      header scene-edit
+      "$PY" benchmarks/bench_scene_edit.py --full --configs idu | tee -a "$RESULTS"
       ;;
   esac
 }
