@@ -170,6 +170,10 @@ class EditCommand:
     edit: Annotated[EditConfig, tyro.conf.arg(name="")]
     out: Path | None = None
     """Output folder of the edited run (default: RUN-edit beside the run); must not exist or be empty."""
+    video: bool = False
+    """Also write OUT/orbit.mp4: the edited scene along an orbit fitted to the training cameras."""
+    video_frames: int = 120
+    """Frames of the --video orbit (30 per second)."""
 
 
 COMMANDS = {
@@ -404,6 +408,8 @@ def _edit(cmd: EditCommand) -> int:
     if out is None:
         folder = run if run.is_dir() else run.parent.parent if run.parent.name == "ckpts" else run.parent
         out = folder.parent / f"{folder.name}-edit"
+    if cmd.video_frames < 1:
+        raise ConfigError(f"video_frames must be at least 1, got {cmd.video_frames}")
     try:
         result = edit_scene(run, cmd.scene, cmd.edit, out)
     except ModelNotFoundError as e:
@@ -430,6 +436,14 @@ def _edit(cmd: EditCommand) -> int:
         "psnr_vs_photos_after": result.after.get("psnr"),
         "before_after": str(result.contact_sheet) if result.contact_sheet else None,
     }
+    if cmd.video:
+        from splat.viewer_cli import render_video
+
+        video = result.out / "orbit.mp4"
+        render = RenderCommand(checkpoint=result.checkpoint, scene=cmd.scene, out=result.out, path="orbit",
+                               video=video, frames=cmd.video_frames, device=cmd.edit.device)  # fmt: skip
+        render_video(render)
+        summary["video"] = str(video)
     print(json.dumps(summary, indent=2))
     return 0
 

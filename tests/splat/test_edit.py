@@ -279,10 +279,12 @@ def test_cli_edit_and_its_errors(run, tiny_model_dirs, tmp_path, capsys):
               "--edit-size", "32", "--iterations", "4", "--edit-every", "2", "--cache-dir", str(tmp_path / "cache"),
               "--no-progress", "--device", "cpu"]  # fmt: skip
     out = tmp_path / "edited"
-    assert main([*common, "--model", str(tiny_model_dirs["sd1"]), "--out", str(out)]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    assert main([*common, "--model", str(tiny_model_dirs["sd1"]), "--out", str(out), "--video", "--video-frames", "3"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{"):printed.rindex("}") + 1])
     assert summary["views_edited"] == 2 and summary["inversions_computed"] == 2
     assert Path(summary["ply"]).is_file() and Path(summary["before_after"]).is_file()
+    assert Path(summary["video"]).stat().st_size > 0
 
     missing = tmp_path / "missing-out"
     assert main([*common, "--model", str(tmp_path / "nowhere"), "--out", str(missing)]) == 2
