@@ -170,6 +170,12 @@ class EditCommand:
     edit: Annotated[EditConfig, tyro.conf.arg(name="")]
     out: Path | None = None
     """Output folder of the edited run (default: RUN-edit beside the run); must not exist or be empty."""
+    viewer: bool = False
+    """Serve a live web viewer of the scene being edited; each training camera shows its current image."""
+    viewer_port: int = 8080
+    """Port of the --viewer web server."""
+    viewer_wait: bool = True
+    """With --viewer: keep serving after the edit until Ctrl-C."""
     video: bool = False
     """Also write OUT/orbit.mp4: the edited scene along an orbit fitted to the training cameras."""
     video_frames: int = 120
@@ -411,7 +417,12 @@ def _edit(cmd: EditCommand) -> int:
     if cmd.video_frames < 1:
         raise ConfigError(f"video_frames must be at least 1, got {cmd.video_frames}")
     try:
-        result = edit_scene(run, cmd.scene, cmd.edit, out)
+        if cmd.viewer:
+            from splat.viewer_cli import edit_with_viewer
+
+            result = edit_with_viewer(run, cmd.scene, cmd.edit, out, cmd.viewer_port, cmd.viewer_wait)
+        else:
+            result = edit_scene(run, cmd.scene, cmd.edit, out)
     except ModelNotFoundError as e:
         print(f"splat edit: error: {e.for_cli()}", file=sys.stderr)
         return 2

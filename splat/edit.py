@@ -417,12 +417,24 @@ def _stem(name: str) -> str:
     return Path(name).with_suffix("").as_posix().replace("/", "__")
 
 
-def edit_scene(run: str | Path, scene: str | Path, cfg: EditConfig, out: str | Path, *, pipe=None) -> EditResult:
+def edit_scene(
+    run: str | Path,
+    scene: str | Path,
+    cfg: EditConfig,
+    out: str | Path,
+    *,
+    pipe=None,
+    on_start=None,
+    on_view_edited=None,
+) -> EditResult:
     """Edit the trained scene ``run`` (a ``splat train`` output folder, checkpoint or PLY) of ``scene``
     into ``cfg.target`` with Iterative Dataset Update; writes the edited run to ``out``.
 
     ``pipe``: an editkit pipeline already loaded (default: ``cfg.model`` is loaded, in half precision on
     CUDA). Every input is checked before the model is loaded and before anything is written.
+    ``on_start(trainer)`` is called once before the first step (e.g. to add a viewer's step callback),
+    ``on_view_edited(name, image)`` after each view edit with the view's image name and its new training
+    image (uint8 ``[H, W, 3]``).
 
     Raises:
         SceneEditError / ConfigError: prompts, words or settings that cannot run.
@@ -480,6 +492,8 @@ def edit_scene(run: str | Path, scene: str | Path, cfg: EditConfig, out: str | P
     check_output_dir(out)
     before = trainer.evaluate(start)
 
+    if on_start is not None:
+        on_start(trainer)
     bar = tqdm(total=iterations, desc="edit", disable=not cfg.progress, dynamic_ncols=True)
     state = {"edits": 0}
 
@@ -498,6 +512,8 @@ def edit_scene(run: str | Path, scene: str | Path, cfg: EditConfig, out: str | P
             if mask is not None:
                 atomic_save_image(edited_dir / f"{stem}_mask.png", mask.float()[..., None].expand(-1, -1, 3))
             state["edits"] += 1
+            if on_view_edited is not None:
+                on_view_edited(f.name, image.numpy())
         bar.update(1)
         if step % 10 == 0 or step == end:
             bar.set_postfix(views_edited=state["edits"], loss=f"{float(loss):.4f}")

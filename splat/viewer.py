@@ -224,6 +224,17 @@ class Viewer:
             client.camera.look_at = centre + dist * forward
             client.camera.up_direction = -down
 
+    def set_view_image(self, name: str, image: np.ndarray, max_side: int = 256) -> None:
+        """Show ``image`` (uint8 ``[H, W, 3]``) in the frustum of the view named ``name`` (e.g. a training
+        image as ``splat edit`` has just replaced it), scaled to at most ``max_side`` pixels."""
+        if self.cameras is None or name not in self.cameras.names:
+            return
+        pil = Image.fromarray(np.ascontiguousarray(image))
+        if max(pil.size) > max_side:
+            scale = max_side / max(pil.size)
+            pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.Resampling.LANCZOS)
+        self.frustums[self.cameras.names.index(name)].image = np.asarray(pil)
+
     def set_mode(self, mode: str) -> None:
         """Switch the render mode (as the "Render mode" control does) and redraw."""
         if mode not in RENDER_MODES:

@@ -112,6 +112,52 @@ def train_with_viewer(
     return result
 
 
+def edit_with_viewer(run, scene, cfg, out, port: int = 8080, wait: bool = True, pipe=None, on_ready=None):
+    """``splat edit`` (:func:`splat.edit.edit_scene`) with a :class:`splat.viewer.Viewer` on the Gaussians
+    being edited; each training view's frustum shows its image as the last edit left it.
+
+    ``on_ready(viewer)``, when given, is called once the viewer serves and before the first step."""
+    from splat.edit import edit_scene
+    from splat.model_io import scene_cameras
+    from splat.viewer import Viewer
+
+    _check_port(port)
+    holder = {}
+
+    def start(trainer):
+        viewer = Viewer(
+            dict(trainer.params.items()),
+            trainer.cfg.sh_degree,
+            scene_cameras(scene, config_to_dict(trainer.cfg)),
+            port=port,
+            device=trainer.device,
+            backend=trainer.cfg.backend,
+            background=tuple(float(c) for c in trainer.current_background().detach().cpu()),
+        )
+        holder["viewer"] = viewer
+        print(f"viewer: {viewer.url}", file=sys.stderr, flush=True)
+        trainer.step_callbacks.append(viewer.on_train_step)
+        if on_ready is not None:
+            on_ready(viewer)
+
+    def edited(name, image):
+        holder["viewer"].set_view_image(name, image)
+
+    try:
+        result = edit_scene(run, scene, cfg, out, pipe=pipe, on_start=start, on_view_edited=edited)
+        if wait and "viewer" in holder:
+            from splat.model_io import load_gaussians
+
+            params, _, _ = load_gaussians(result.checkpoint)
+            holder["viewer"].update_gaussians(params)
+            print(f"edit done; the viewer stays at {holder['viewer'].url} until Ctrl-C", file=sys.stderr, flush=True)
+            _wait_for_ctrl_c()
+    finally:
+        if "viewer" in holder:
+            holder["viewer"].stop()
+    return result
+
+
 def render_video(cmd) -> int:
     """``splat render MODEL --path KIND | --path-file FILE [--video out.mp4] [--save-frames]``."""
     import torch

@@ -293,3 +293,23 @@ def test_cli_edit_and_its_errors(run, tiny_model_dirs, tmp_path, capsys):
     assert not missing.exists()
     assert main([*common[:6], "--target", "a big photo of a dog", *common[8:], "--out", str(missing)]) == 2
     assert "same number of words" in capsys.readouterr().err and not missing.exists()
+
+
+def test_viewer_shows_each_edited_view_in_its_camera(run, smooth, tmp_path):
+    import socket
+
+    from splat.viewer_cli import edit_with_viewer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    seen = {}
+    res = edit_with_viewer(run, DEMO, settings(tmp_path / "cache", iterations=4), tmp_path / "out", port=port,
+                           wait=False, pipe=smooth, on_ready=lambda v: seen.setdefault("viewer", v))  # fmt: skip
+    viewer = seen["viewer"]
+    images = edited_images(res.out)
+    assert res.views_edited == 2 and len(images) == 2
+    shown = {Path(n).stem: f.image for n, f in zip(viewer.cameras.names, viewer.frustums, strict=True)}
+    for stem, image in images.items():
+        assert np.array_equal(shown[stem], image), stem  # the camera shows the training image it now has
+    assert sum(img is not None for img in shown.values()) == 2  # and no other camera shows one
