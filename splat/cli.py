@@ -170,6 +170,8 @@ class EditCommand:
     edit: Annotated[EditConfig, tyro.conf.arg(name="")]
     out: Path | None = None
     """Output folder of the edited run (default: RUN-edit beside the run); must not exist or be empty."""
+    resume: Path | None = None
+    """Go on with an interrupted edit from this checkpoint in OUT (or OUT itself: its newest), same settings."""
     viewer: bool = False
     """Serve a live web viewer of the scene being edited; each training camera shows its current image."""
     viewer_port: int = 8080
@@ -420,16 +422,17 @@ def _edit(cmd: EditCommand) -> int:
         if cmd.viewer:
             from splat.viewer_cli import edit_with_viewer
 
-            result = edit_with_viewer(run, cmd.scene, cmd.edit, out, cmd.viewer_port, cmd.viewer_wait)
+            result = edit_with_viewer(run, cmd.scene, cmd.edit, out, cmd.viewer_port, cmd.viewer_wait,
+                                      resume=cmd.resume)  # fmt: skip
         else:
-            result = edit_scene(run, cmd.scene, cmd.edit, out)
+            result = edit_scene(run, cmd.scene, cmd.edit, out, resume=cmd.resume)
     except ModelNotFoundError as e:
         print(f"splat edit: error: {e.for_cli()}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
         print(
-            f"splat edit: interrupted at step {e.step}; the Gaussians so far are in {e.checkpoint}. An edit does "
-            "not resume: run the same command with a new --out (the photos' inversions are cached)",
+            f"splat edit: interrupted at step {e.step}; wrote {e.checkpoint}\n"
+            f"resume with the same command and: --out {out} --resume {e.checkpoint}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

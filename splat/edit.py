@@ -40,6 +40,9 @@ Densification is off while editing (the Gaussians are moved and recoloured, not 
 too. Outputs (``out``): the edited checkpoint and PLY, ``renders/step_N`` of the held-out views before
 and after against the original photos, ``before_after/`` (before left, after right, and a contact sheet),
 ``edited_images/`` (every training image as the last edit left it, and the blend masks), ``edit.json``.
+Every checkpoint of an edit also holds the edit's state (its training images as they were at that step, the
+settings, the number of edits made), so ``resume`` goes on from any of them and ends as the uninterrupted
+edit would.
 """
 
 from __future__ import annotations
@@ -384,6 +387,43 @@ def _read_model(run: Path):
     return read_checkpoint(file), file
 
 
+EDIT_STATE_FORMAT = "splat-edit-state-1"
+_NOT_COMPARED = ("progress", "device", "cache_dir")  # settings a resumed edit may change
+
+
+def _settings(cfg: EditConfig) -> dict:
+    """The settings that decide an edit's result, as plain data (what a resume must match)."""
+    d = dataclasses.asdict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k not in _NOT_COMPARED}
+
+
+def _read_edit_state(resume: str | Path, cfg: EditConfig, start: int) -> tuple[dict, Path]:
+    """The edit state in a checkpoint written by :func:`edit_scene`, checked against ``cfg``."""
+    from splat.checkpoint import CheckpointError, read_checkpoint
+    from splat.model_io import find_model_file
+
+    file = find_model_file(resume)
+    ckpt = read_checkpoint(file)
+    state = (ckpt.get("extras") or {}).get("edit")
+    if not isinstance(state, dict) or state.get("format") != EDIT_STATE_FORMAT:
+        raise CheckpointError(f"{file} is not a checkpoint of `splat edit`: nothing to resume")
+    if state.get("start_step") != start:
+        raise CheckpointError(
+            f"{file} continues a run from step {state.get('start_step')}, not the given RUN (at step {start})"
+        )
+    now = _settings(cfg)
+    for key, saved in state.get("settings", {}).items():
+        if now.get(key) != saved:
+            raise SceneEditError(
+                f"--resume {file}: the edit was made with {key}={saved!r}, this command has {now.get(key)!r}; "
+                "resume with the same settings"
+            )
+    images = state.get("images")
+    if not isinstance(images, dict) or not all(isinstance(t, Tensor) and t.dtype == torch.uint8 for t in images.values()):
+        raise CheckpointError(f"{file}: the edit's training images are missing or damaged")
+    return {**state, "step": int(ckpt["step"]), "metrics": json.loads(ckpt.get("metrics") or "{}")}, file
+
+
 def _continue_optimizers(trainer, ckpt: dict) -> None:
     """Adam's moments from the checkpoint, when it has them (a PLY has not): with fresh moments Adam's
     first steps move every parameter by about the learning rate whatever its gradient, so even an identity
@@ -426,6 +466,7 @@ def edit_scene(
     pipe=None,
     on_start=None,
     on_view_edited=None,
+    resume: str | Path | None = None,
 ) -> EditResult:
     """Edit the trained scene ``run`` (a ``splat train`` output folder, checkpoint or PLY) of ``scene``
     into ``cfg.target`` with Iterative Dataset Update; writes the edited run to ``out``.
@@ -435,6 +476,10 @@ def edit_scene(
     ``on_start(trainer)`` is called once before the first step (e.g. to add a viewer's step callback),
     ``on_view_edited(name, image)`` after each view edit with the view's image name and its new training
     image (uint8 ``[H, W, 3]``).
+    ``resume``: a checkpoint an interrupted edit wrote in ``out`` (or ``out`` itself: its newest); the edit
+    goes on from there with the same settings (checked) and ends as the uninterrupted edit would. Every
+    checkpoint of an edit holds its training images as they were at that step, so any of them resumes
+    exactly.
 
     Raises:
         SceneEditError / ConfigError: prompts, words or settings that cannot run.
@@ -456,7 +501,11 @@ def edit_scene(
     ckpt, file = _read_model(run)
     base = config_from_checkpoint(ckpt, str(file))
     start = int(ckpt["step"])
-    _check_out(out)
+    resumed, resume_file = None, None
+    if resume is None:
+        _check_out(out)
+    else:
+        resumed, resume_file = _read_edit_state(resume, cfg, start)
     device = resolve_device(cfg.device)
 
     # 2. The trainer, continuing from the run's Gaussians: no densification, no opacity reset
@@ -466,15 +515,21 @@ def edit_scene(
     iterations = cfg.iterations or cfg.edit_every * n_train * 2
     end = start + iterations
     train_cfg = dataclasses.replace(
-        probe.cfg, steps=end, eval_steps=(start, end), save_steps=(end,), ckpt_every=0, refine_stop=0,
-        mcmc_refine_stop=0, reset_every=0, seed=cfg.seed, save_renders=True,
+        probe.cfg, steps=end, eval_steps=(start, end), save_steps=(end,), refine_stop=0, mcmc_refine_stop=0,
+        reset_every=0, seed=cfg.seed, save_renders=True,
     )  # fmt: skip
     validate(train_cfg, "edit")
-    trainer = probe
-    trainer.cfg = train_cfg
-    trainer.densifier = trainer._make_densifier()
-    _continue_optimizers(trainer, ckpt)
-    photos = {i: trainer.train_set.image_u8(i).clone() for i in range(n_train)}
+    photos = {i: probe.train_set.image_u8(i).clone() for i in range(n_train)}  # the original photos
+    if resumed is None:
+        trainer = probe
+        trainer.cfg = train_cfg
+        trainer.densifier = trainer._make_densifier()
+        _continue_optimizers(trainer, ckpt)
+    else:  # the edit's own checkpoint: Gaussians, Adam, RNG and metrics (restored by train())
+        trainer = Trainer(scene, dataclasses.replace(train_cfg, resume=resume_file), checkpoint=ckpt,
+                          checkpoint_path=file)  # fmt: skip
+        for i, image in resumed["images"].items():
+            trainer.set_train_image(int(i), image)
 
     # 3. The diffusion model, on the trainer's device (half precision on CUDA)
     if pipe is None:
@@ -490,12 +545,22 @@ def edit_scene(
 
     # 4. Before: the held-out views against the original photos
     check_output_dir(out)
-    before = trainer.evaluate(start)
+    if resumed is None:
+        before = trainer.evaluate(start)
+        state = {"format": EDIT_STATE_FORMAT, "start_step": start, "settings": _settings(cfg), "edits": 0,
+                 "images": {}}  # fmt: skip
+        done = 0
+    else:
+        before = resumed["metrics"].get(str(start), {})
+        state = {k: v for k, v in resumed.items() if k != "metrics"}
+        done = resumed["step"] - start
+        for i, image in state["images"].items():  # the files as the checkpoint has them
+            atomic_save_image(edited_dir / f"{_stem(trainer.train_set.views[int(i)].name)}.png", image.float() / 255.0)
+    trainer.checkpoint_extras["edit"] = state  # every checkpoint holds the edit's state: it resumes exactly
 
     if on_start is not None:
         on_start(trainer)
-    bar = tqdm(total=iterations, desc="edit", disable=not cfg.progress, dynamic_ncols=True)
-    state = {"edits": 0}
+    bar = tqdm(total=iterations, initial=done, desc="edit", disable=not cfg.progress, dynamic_ncols=True)
 
     def on_step(tr, step, loss, psnr):
         k = step - start - 1
@@ -507,6 +572,7 @@ def edit_scene(
                                          tr.active_sh_degree(step))
             image, mask = editor.edit(photos[v], render.cpu(), _strength_at(cfg, state["edits"], total_edits))
             tr.set_train_image(v, image)
+            state["images"][str(v)] = image
             stem = _stem(f.name)
             atomic_save_image(edited_dir / f"{stem}.png", image.float() / 255.0)
             if mask is not None:
@@ -555,6 +621,7 @@ def edit_scene(
     )
     record = {
         "run": str(run), "scene": str(scene), "model_file": str(file), "start_step": start,
+        "resumed_from": str(resume_file) if resume_file is not None else None,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(summary).items()},
     }  # fmt: skip

@@ -342,6 +342,9 @@ class Trainer:
                 start = torch.logit(self.background.clamp(1e-3, 1 - 1e-3))
             self.background_logit = torch.nn.Parameter(start)
             self.background_optimizer = torch.optim.Adam([self.background_logit], lr=cfg.background_lr, eps=cfg.adam_eps)
+        # saved under "extras" in every checkpoint (plain data and tensors): what a caller driving the
+        # training needs to resume it (splat.edit keeps its edited training images here)
+        self.checkpoint_extras: dict = {}
         # called as cb(trainer, step, loss, psnr) after every step, loss / psnr of that step as 0-dim tensors
         # (e.g. splat.viewer.Viewer.on_train_step)
         self.step_callbacks: list = []
@@ -795,6 +798,8 @@ class Trainer:
             "background": self.current_background().detach().cpu(),  # [3], the colour renders use
             "global_batch": self.global_batch,
         }
+        if self.checkpoint_extras:
+            ckpt["extras"] = dict(self.checkpoint_extras)
         if self.background_logit is not None:
             ckpt["background_logit"] = self.background_logit.detach().cpu()
             ckpt["background_optimizer"] = self.background_optimizer.state_dict()

@@ -112,7 +112,7 @@ def train_with_viewer(
     return result
 
 
-def edit_with_viewer(run, scene, cfg, out, port: int = 8080, wait: bool = True, pipe=None, on_ready=None):
+def edit_with_viewer(run, scene, cfg, out, port: int = 8080, wait: bool = True, pipe=None, on_ready=None, resume=None):
     """``splat edit`` (:func:`splat.edit.edit_scene`) with a :class:`splat.viewer.Viewer` on the Gaussians
     being edited; each training view's frustum shows its image as the last edit left it.
 
@@ -144,7 +144,7 @@ def edit_with_viewer(run, scene, cfg, out, port: int = 8080, wait: bool = True, 
         holder["viewer"].set_view_image(name, image)
 
     try:
-        result = edit_scene(run, scene, cfg, out, pipe=pipe, on_start=start, on_view_edited=edited)
+        result = edit_scene(run, scene, cfg, out, pipe=pipe, on_start=start, on_view_edited=edited, resume=resume)
         if wait and "viewer" in holder:
             from splat.model_io import load_gaussians
 

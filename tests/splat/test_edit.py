@@ -313,3 +313,34 @@ def test_viewer_shows_each_edited_view_in_its_camera(run, smooth, tmp_path):
     for stem, image in images.items():
         assert np.array_equal(shown[stem], image), stem  # the camera shows the training image it now has
     assert sum(img is not None for img in shown.values()) == 2  # and no other camera shows one
+
+
+def test_interrupted_edit_resumes_to_the_uninterrupted_result(run, smooth, tmp_path):
+    from splat.checkpoint import read_checkpoint
+    from splat.trainer import TrainingInterrupted
+
+    cfg = settings(tmp_path / "cache", iterations=12, edit_every=3)
+    whole = edit_scene(run, DEMO, cfg, tmp_path / "whole", pipe=smooth)
+
+    def stop_after_7_steps(trainer):  # as Ctrl-C does: the step in progress finishes, then a checkpoint
+        start = trainer.step
+
+        def on_step(tr, step, loss, psnr):
+            if step == start + 7:
+                tr._stop_requested = True
+
+        trainer.step_callbacks.append(on_step)
+
+    out = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted) as info:
+        edit_scene(run, DEMO, cfg, out, pipe=smooth, on_start=stop_after_7_steps)
+    assert info.value.step == start_step(whole) + 7
+    with pytest.raises(SceneEditError, match="strength"):  # other settings: refused
+        edit_scene(run, DEMO, dataclasses.replace(cfg, strength=0.6), out, pipe=smooth, resume=info.value.checkpoint)
+    resumed = edit_scene(run, DEMO, cfg, out, pipe=smooth, resume=info.value.checkpoint)
+    assert resumed.views_edited == whole.views_edited == 4
+    a, b = read_checkpoint(whole.checkpoint)["params"], read_checkpoint(resumed.checkpoint)["params"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ia, ib = edited_images(whole.out), edited_images(out)
+    assert ia.keys() == ib.keys() and all(np.array_equal(ia[k], ib[k]) for k in ia)
