@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import commit, device_name, sd15_pipeline  # noqa: E402
 
 from splat.config import TrainConfig  # noqa: E402
-from splat.edit import EditConfig, _read_model, edit_scene  # noqa: E402
-from splat.trainer import Trainer, config_from_checkpoint  # noqa: E402
+from splat.edit import EditConfig, edit_scene  # noqa: E402
+from splat.outputs import image_stem  # noqa: E402
+from splat.trainer import Trainer, config_from_checkpoint, read_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo"
@@ -58,12 +59,12 @@ def train_run(scene: Path, out: Path, device: str, full: bool) -> Path:
 
 def consistency(scene: Path, out: Path, device: str) -> float:
     """Mean PSNR of the edited scene's renders against the last edited image of each edited training view."""
-    ckpt, file = _read_model(out)
+    ckpt, file = read_model(out)
     cfg = dataclasses.replace(config_from_checkpoint(ckpt, str(file)), out=out / ".probe", device=device)
     t = Trainer(scene, cfg, checkpoint=ckpt)
     scores = []
     for i, v in enumerate(t.train_set.views):
-        edited = out / "edited_images" / f"{Path(v.name).with_suffix('').as_posix().replace('/', '__')}.png"
+        edited = out / "edited_images" / f"{image_stem(v.name)}.png"
         if not edited.is_file():
             continue
         f = t.train_set[i]
@@ -132,7 +133,7 @@ def main(argv=None) -> None:
 
 
 def _n_train(run: Path, scene: Path, device: str) -> int:
-    ckpt, file = _read_model(run)
+    ckpt, file = read_model(run)
     cfg = dataclasses.replace(config_from_checkpoint(ckpt, str(file)), out=run / ".probe", device=device)
     return len(Trainer(scene, cfg, checkpoint=ckpt).train_set)
 

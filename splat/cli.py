@@ -236,20 +236,10 @@ def _checkpoint_setup(checkpoint: Path, scene: Path, device: str, images: str, o
     """A Trainer for ``scene`` configured as the model's run, holding the model's Gaussians (no SfM
     initialisation). The model is a checkpoint, a 3DGS PLY (its run's ``config.json`` is used when it sits
     in a run folder, else the defaults) or a run folder. Paths come from the arguments, never from files."""
-    from splat.checkpoint import read_checkpoint
-    from splat.model_io import find_model_file, load_gaussians
-    from splat.trainer import Trainer, config_from_checkpoint
+    from splat.trainer import Trainer, config_from_checkpoint, read_model
 
-    file = find_model_file(checkpoint)
-    if file.suffix.lower() == ".ply":
-        params, sh_degree, meta = load_gaussians(file)
-        cfg = config_from_checkpoint({"config": meta["config"] or {}}, meta["source"])
-        cfg = dataclasses.replace(cfg, sh_degree=sh_degree)
-        step = meta["step"] if meta["step"] is not None else cfg.steps  # unknown: a finished run
-        ckpt = {"params": params, "step": step}
-    else:
-        ckpt = read_checkpoint(file)
-        cfg = config_from_checkpoint(ckpt, str(file))
+    ckpt, file = read_model(checkpoint)
+    cfg = config_from_checkpoint(ckpt, str(file))
     cfg = dataclasses.replace(cfg, device=device, images=images, out=out, resume=None, progress=False)
     return Trainer(scene, cfg, checkpoint=ckpt, checkpoint_path=file)
 
@@ -372,7 +362,7 @@ def _run(name: str, rest: list[str]) -> int:
 
         return render_video(cmd)
     if name == "render":
-        from splat.outputs import atomic_save_image, check_output_dir
+        from splat.outputs import atomic_save_image, check_output_dir, image_stem
 
         if cmd.scene is None:
             raise ConfigError("--scene is needed to render the dataset views (or give --path / --path-file)")
@@ -397,7 +387,7 @@ def _run(name: str, rest: list[str]) -> int:
                         f.height,
                         trainer.active_sh_degree(max(trainer.step, 1)),
                     )
-                    stem = Path(f.name).with_suffix("").as_posix().replace("/", "__")
+                    stem = image_stem(f.name)
                     atomic_save_image(cmd.out / f"{stem}_render.png", img)
                     atomic_save_image(cmd.out / f"{stem}_gt.png", f.image)
                     n += 1

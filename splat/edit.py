@@ -370,23 +370,6 @@ class ViewEditor:
 # the whole scene
 
 
-def _read_model(run: Path):
-    """(checkpoint dict, file) of a run folder, checkpoint or PLY (see ``splat render``)."""
-    from splat.checkpoint import read_checkpoint
-    from splat.config import config_to_dict
-    from splat.model_io import find_model_file, load_gaussians
-    from splat.trainer import config_from_checkpoint
-
-    file = find_model_file(run)
-    if file.suffix.lower() == ".ply":
-        params, sh_degree, meta = load_gaussians(file)
-        cfg = config_from_checkpoint({"config": meta["config"] or {}}, meta["source"])
-        cfg = dataclasses.replace(cfg, sh_degree=sh_degree)
-        step = meta["step"] if meta["step"] is not None else cfg.steps
-        return {"params": params, "step": step, "config": config_to_dict(cfg)}, file
-    return read_checkpoint(file), file
-
-
 EDIT_STATE_FORMAT = "splat-edit-state-1"
 _NOT_COMPARED = ("progress", "device", "cache_dir")  # settings a resumed edit may change
 
@@ -453,10 +436,6 @@ def _check_out(out: Path) -> None:
         raise OutputError(f"output folder {out} cannot be written (permission denied)")
 
 
-def _stem(name: str) -> str:
-    return Path(name).with_suffix("").as_posix().replace("/", "__")
-
-
 def edit_scene(
     run: str | Path,
     scene: str | Path,
@@ -491,14 +470,14 @@ def edit_scene(
 
     from safeio import atomic_write_text
     from splat.config import validate
-    from splat.outputs import atomic_save_image, check_output_dir, save_comparisons
-    from splat.trainer import Trainer, config_from_checkpoint, resolve_device
+    from splat.outputs import atomic_save_image, check_output_dir, image_stem, save_comparisons
+    from splat.trainer import Trainer, config_from_checkpoint, read_model, resolve_device
 
     t_start = time.perf_counter()
     run, scene, out = Path(run), Path(scene), Path(out)
     # 1. Inputs: settings and prompts, the run's model, the scene, the output folder (nothing written)
     group = plan_edit(cfg)
-    ckpt, file = _read_model(run)
+    ckpt, file = read_model(run)
     base = config_from_checkpoint(ckpt, str(file))
     start = int(ckpt["step"])
     resumed, resume_file = None, None
@@ -555,7 +534,7 @@ def edit_scene(
         state = {k: v for k, v in resumed.items() if k != "metrics"}
         done = resumed["step"] - start
         for i, image in state["images"].items():  # the files as the checkpoint has them
-            atomic_save_image(edited_dir / f"{_stem(trainer.train_set.views[int(i)].name)}.png", image.float() / 255.0)
+            atomic_save_image(edited_dir / f"{image_stem(trainer.train_set.views[int(i)].name)}.png", image.float() / 255.0)
     trainer.checkpoint_extras["edit"] = state  # every checkpoint holds the edit's state: it resumes exactly
 
     if on_start is not None:
@@ -573,7 +552,7 @@ def edit_scene(
             image, mask = editor.edit(photos[v], render.cpu(), _strength_at(cfg, state["edits"], total_edits))
             tr.set_train_image(v, image)
             state["images"][str(v)] = image
-            stem = _stem(f.name)
+            stem = image_stem(f.name)
             atomic_save_image(edited_dir / f"{stem}.png", image.float() / 255.0)
             if mask is not None:
                 atomic_save_image(edited_dir / f"{stem}_mask.png", mask.float()[..., None].expand(-1, -1, 3))
@@ -594,7 +573,7 @@ def edit_scene(
     renders = out / "renders"
     pairs = out / "before_after"
     for i in range(len(trainer.test_set)):
-        stem = _stem(trainer.test_set.views[i].name)
+        stem = image_stem(trainer.test_set.views[i].name)
         for tag, step in (("before", start), ("after", end)):
             src = renders / f"step_{step:06d}" / f"{stem}_render.png"
             if src.is_file():

@@ -18,6 +18,7 @@ __all__ = [
     "atomic_save_image",
     "atomic_write_text",
     "check_output_dir",
+    "image_stem",
     "save_comparisons",
     "would_be_writable",
 ]
@@ -35,6 +36,11 @@ def atomic_save_image(path: Path, image: Tensor) -> None:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def image_stem(name: str) -> str:
+    """The file stem of a view's outputs: its image name without extension, sub-folders joined by ``__``."""
+    return Path(name).with_suffix("").as_posix().replace("/", "__")
 
 
 def check_output_dir(out: Path) -> None:

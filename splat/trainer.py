@@ -59,6 +59,7 @@ from splat.outputs import (
     atomic_save_image,
     atomic_write_text,
     check_output_dir,
+    image_stem,
     save_comparisons,
     would_be_writable,
 )
@@ -222,6 +223,21 @@ def ensure_model(scene: Path, sfm=None) -> None:
 def default_config(scene: Path, preset: str = "default") -> TrainConfig:
     """The preset with the scene's ``splat.json`` applied (a ``splat.json`` may not set paths)."""
     return scene_config(Path(scene), preset)
+
+
+def read_model(path: str | Path) -> tuple[dict, Path]:
+    """``(checkpoint dict, file)`` for a run folder (its newest model), a checkpoint or a 3DGS PLY. A PLY
+    becomes ``{"params", "step", "config"}``: its run's ``config.json`` when it sits in a run folder (else
+    the defaults), at the degree of its SH coefficients; no optimizer state, no learned background."""
+    from splat.model_io import find_model_file, load_gaussians
+
+    file = find_model_file(path)
+    if file.suffix.lower() != ".ply":
+        return read_checkpoint(file), file
+    params, sh_degree, meta = load_gaussians(file)
+    cfg = dataclasses.replace(config_from_checkpoint({"config": meta["config"] or {}}, meta["source"]), sh_degree=sh_degree)
+    step = meta["step"] if meta["step"] is not None else cfg.steps  # unknown: a finished run
+    return {"params": params, "step": step, "config": config_to_dict(cfg)}, file
 
 
 def config_from_checkpoint(ckpt: dict, source: str) -> TrainConfig:
@@ -746,7 +762,7 @@ class Trainer:
                 scores[k].append(renders[i][1][k])
             if cfg.save_renders and self.dist.is_main:
                 f = self.test_set[i]
-                stem = Path(f.name).with_suffix("").as_posix().replace("/", "__")
+                stem = image_stem(f.name)
                 folder = self.out / "renders" / f"step_{step:06d}"
                 atomic_save_image(folder / f"{stem}_render.png", renders[i][0])
                 atomic_save_image(folder / f"{stem}_gt.png", f.image)

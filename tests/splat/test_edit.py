@@ -115,10 +115,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def train_photos(run: Path, tmp: Path) -> dict[str, np.ndarray]:
     """The training images as the trainer holds them (uint8, training size), by file stem."""
-    from splat.edit import _read_model
-    from splat.trainer import Trainer, config_from_checkpoint
+    from splat.trainer import Trainer, config_from_checkpoint, read_model
 
-    ckpt, file = _read_model(run)
+    ckpt, file = read_model(run)
     cfg = dataclasses.replace(config_from_checkpoint(ckpt, str(file)), out=tmp, device="cpu")
     t = Trainer(DEMO, cfg, checkpoint=ckpt)
     return {Path(v.name).stem: t.train_set.image_u8(i).numpy() for i, v in enumerate(t.train_set.views)}
