@@ -53,6 +53,7 @@ import json
 import os
 import shutil
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -256,9 +257,13 @@ def _model_fingerprint(pipe) -> str:
 class ViewEditor:
     """Edits one training view at a time: the photo's inversion (cached on disk), then the edit of a render.
 
-    ``edit(name, photo, render, strength)`` returns the new training image (uint8 ``[H, W, 3]``, the photo's
-    size) and the local-blend mask (bool ``[H, W]``, or None without a blend).
+    ``edit(photo, render, strength)`` returns the new training image (uint8 ``[H, W, 3]``, the photo's size)
+    and the local-blend mask (bool ``[H, W]``, or None without a blend). A few inversions stay in memory
+    (``MEMORY``); the others are read back from the disk cache when their view comes round again, so memory
+    does not grow with the number of views (a null-text inversion at 512 px holds ~15 MB).
     """
+
+    MEMORY = 8
 
     def __init__(self, pipe, cfg: EditConfig, group, cache_dir: Path | None = None):
         from editkit.image import model_multiple
@@ -270,10 +275,20 @@ class ViewEditor:
         self.multiple = model_multiple(pipe)
         self.method = "ddim" if cfg.method == "pnp" else cfg.inversion
         self.fingerprint = _model_fingerprint(pipe)
-        self._inversions: dict[str, object] = {}  # in memory for this run, by cache key
-        self.computed = 0
-        self.loaded = 0
+        self._memory: OrderedDict[str, object] = OrderedDict()  # the latest inversions, by cache key
+        self._computed: set[str] = set()
+        self._loaded: set[str] = set()
         self.edit_seconds: list[float] = []
+
+    @property
+    def computed(self) -> int:
+        """Photos inverted by this run."""
+        return len(self._computed)
+
+    @property
+    def loaded(self) -> int:
+        """Photos whose inversion this run found in the disk cache (made by an earlier run)."""
+        return len(self._loaded - self._computed)
 
     def size_for(self, width: int, height: int) -> tuple[int, int]:
         return _edit_size(width, height, self.long_side, self.multiple)
@@ -290,8 +305,9 @@ class ViewEditor:
         from editkit.inversion import Inversion, check_inversion, invert
 
         key = self._key(photo)
-        if key in self._inversions:
-            return self._inversions[key]
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return self._memory[key]
         path = self.cache_dir / f"{key}.safetensors"
         inv = None
         if path.is_file():
@@ -301,19 +317,21 @@ class ViewEditor:
                 f = self.pipe.vae_scale_factor
                 if tuple(inv.latents.shape[-2:]) != (photo.height // f, photo.width // f):
                     raise ValueError("made for another image size")
-                self.loaded += 1
+                self._loaded.add(key)
             except ValueError:  # unreadable or from another model: computed again and replaced
                 inv = None
         if inv is None:
             inv = invert(self.pipe, photo, self.cfg.source.strip(), self.method, self.cfg.steps, self.cfg.guidance,
                          size=(photo.height, photo.width), progress=False)
-            self.computed += 1
+            self._computed.add(key)
             try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
                 inv.save(path)
             except OSError:  # a read-only cache only costs the next run the inversion again
                 pass
-        self._inversions[key] = inv
+        self._memory[key] = inv
+        while len(self._memory) > self.MEMORY:
+            self._memory.popitem(last=False)
         return inv
 
     @torch.no_grad()
