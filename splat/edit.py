@@ -56,15 +56,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch import Tensor
+from typing import TYPE_CHECKING, Literal
 
 from splat.config import ConfigError
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch import Tensor
+
+# torch, numpy and PIL are imported where they are used: `splat.cli` imports this module for EditConfig,
+# and `splat --help` / `splat prepare` should not pay for torch.
 
 __all__ = ["EditConfig", "EditResult", "SceneEditError", "ViewEditor", "default_cache_dir", "edit_scene"]
 
@@ -240,6 +241,8 @@ def _edit_size(width: int, height: int, long_side: int, multiple: int) -> tuple[
 
 
 def _to_pil(image_u8: Tensor, size: tuple[int, int]) -> Image.Image:
+    from PIL import Image
+
     pil = Image.fromarray(image_u8.cpu().numpy())
     return pil if pil.size == size else pil.resize(size, Image.Resampling.LANCZOS)
 
@@ -294,6 +297,8 @@ class ViewEditor:
         return _edit_size(width, height, self.long_side, self.multiple)
 
     def _key(self, photo: Image.Image) -> str:
+        import numpy as np
+
         h = hashlib.sha256(b"splat-edit-inversion-1\0")
         h.update(json.dumps([self.fingerprint, self.cfg.source.strip(), self.method, self.cfg.steps,
                              float(self.cfg.guidance), photo.size]).encode())
@@ -334,8 +339,16 @@ class ViewEditor:
             self._memory.popitem(last=False)
         return inv
 
-    @torch.no_grad()
     def edit(self, photo_u8: Tensor, render: Tensor, strength: float) -> tuple[Tensor, Tensor | None]:
+        import torch
+
+        with torch.no_grad():
+            return self._edit(photo_u8, render, strength)
+
+    def _edit(self, photo_u8: Tensor, render: Tensor, strength: float) -> tuple[Tensor, Tensor | None]:
+        import torch
+        import torch.nn.functional as F
+
         from editkit.image import image_to_tensor
         from editkit.sampling import decode_latents, encode_image
 
@@ -366,9 +379,10 @@ class ViewEditor:
             if res.mask is not None:
                 mask = res.mask[1:2].float()  # [1, 1, h, w]: the target row's (source's included)
         dtype = pipe.unet.dtype
-        # the edit and the render's own VAE round trip: their difference is what the edit changed
-        decoded = decode_latents(pipe, torch.cat([target_latent.to(device, dtype), init.to(device, dtype)]),
-                                 output_type="pt").float().cpu()  # [2, 3, h, w] in [0, 1]
+        # the edit and (residual) the render's own VAE round trip: their difference is what the edit changed
+        rows = [target_latent, init] if cfg.residual else [target_latent]
+        decoded = decode_latents(pipe, torch.cat([r.to(device, dtype) for r in rows]),
+                                 output_type="pt").float().cpu()  # [1 or 2, 3, h, w] in [0, 1]
         render_f = (render_u8.permute(2, 0, 1)[None].float() / 255.0).cpu()  # [1, 3, H, W]
         back = lambda x: F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False, antialias=True)  # noqa: E731
         if cfg.residual:
@@ -400,6 +414,9 @@ def _settings(cfg: EditConfig) -> dict:
 
 def _read_edit_state(resume: str | Path, cfg: EditConfig, start: int) -> tuple[dict, Path]:
     """The edit state in a checkpoint written by :func:`edit_scene`, checked against ``cfg``."""
+    import torch
+    from torch import Tensor
+
     from splat.checkpoint import CheckpointError, read_checkpoint
     from splat.model_io import find_model_file
 
@@ -484,6 +501,8 @@ def edit_scene(
         OutputError: ``out`` exists with files in it, or cannot be written.
         editkit.models.ModelNotFoundError: no diffusion weights at ``cfg.model``.
     """
+    import numpy as np
+    import torch
     from tqdm.auto import tqdm
 
     from safeio import atomic_write_text
@@ -549,7 +568,7 @@ def edit_scene(
         done = 0
     else:
         before = resumed["metrics"].get(str(start), {})
-        state = {k: v for k, v in resumed.items() if k != "metrics"}
+        state = {k: v for k, v in resumed.items() if k not in ("metrics", "step")}  # as saved
         done = resumed["step"] - start
         for i, image in state["images"].items():  # the files as the checkpoint has them
             atomic_save_image(edited_dir / f"{image_stem(trainer.train_set.views[int(i)].name)}.png", image.float() / 255.0)
