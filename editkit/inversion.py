@@ -46,6 +46,7 @@ Everything stays in memory (``T + 1`` latents, a few MB at 512 px); :meth:`Inver
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -478,8 +479,10 @@ def start_latents(pipe, inversion: Inversion, first_step: int, num_targets: int,
             init = init[None]
         if tuple(init.shape) != tuple(pivot.shape):
             raise ValueError(f"init_latent must have the inversion's latent shape {tuple(pivot.shape)}, got {tuple(init.shape)}")
-        t = sampling_timesteps(pipe, T)[::-1][first_step]  # the timestep of sampling step first_step
-        sqrt_a = float(_alpha_prod(pipe.scheduler, t)) ** 0.5
+        scheduler = copy.copy(pipe.scheduler)  # set_timesteps on a copy: the caller's schedule is left as it is
+        scheduler.set_timesteps(T)
+        t = int(scheduler.timesteps[first_step])  # the timestep of sampling step first_step
+        sqrt_a = float(_alpha_prod(scheduler, t)) ** 0.5
         targets = (pivot + sqrt_a * (init - inversion.z0.float().to(pivot.device))).expand_as(targets)
     return torch.cat([pivot, targets])
 

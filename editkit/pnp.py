@@ -242,7 +242,6 @@ def pnp_edit(
         x = pivots[T:].expand(len(targets), -1, -1, -1).clone()  # [P, C, h, w] from z*_T
     else:  # image-to-image: from the latents at step first_step (the rows after the source's)
         x = start_latents(pipe, inv, first_step, len(targets), init_latent)[1:].to(device=device, dtype=dtype)
-        scheduler.set_timesteps(T, device=device)
     state = {"step": 0}
 
     def inject_features(module, args, output):  # output [1 + B, C', h', w'] of the ResBlock's conv2
