@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import resource
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats of each (the best is kept)")
     ap.add_argument("--size", type=int, default=None, help="image size in px (default 128 on CPU, 512 with --full)")
+    ap.add_argument("--results", type=Path, default=None, help="append each row to this file (JSON lines)")
     ap.add_argument("--heatmap-child", choices=["all", "cross"], default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.heatmap_child:
@@ -85,6 +87,15 @@ def main(argv=None):
     print(f"{'run':28s} {'time (s)':>9s} {'ratio':>6s} {'peak mem':>10s}")
     for name, m in results.items():
         print(f"{name:28s} {m.seconds:9.2f} {m.seconds / base:6.2f} {fmt_mb(m.peak_bytes):>10s}")
+    if args.results is not None:
+        stamp = {"bench": "p2p", "date": datetime.date.today().isoformat(), "commit": commit(),
+                 "device": device_name(device), "size": size, "dtype": str(dtype), "steps": steps,
+                 "unet": "full SD 1.5" if args.full else "small"}  # fmt: skip
+        with open(args.results, "a") as f:
+            for name, m in results.items():
+                f.write(json.dumps({**stamp, "run": name, "seconds": round(m.seconds, 3),
+                                    "ratio_to_plain": round(m.seconds / base, 3),
+                                    "peak_mib": round(m.peak_bytes / 2**20, 1)}) + "\n")  # fmt: skip
     if heat_rows:
         print("# heatmaps (p2p replace + return_attention), one fresh process each: peak RSS above a warm edit")
         for label, (seconds, extra) in heat_rows.items():

@@ -1,65 +1,143 @@
 #!/usr/bin/env bash
-# The first command to run on a machine with an NVIDIA GPU: installs the GPU path, runs the GPU tests and
-# the full-size benchmarks, one stage at a time (each stage is sized to finish within 10 minutes on one
-# H100 / H200), and appends every figure to one results file.
+# The project's checks and headline figures on a lent NVIDIA GPU machine, offline: it installs from the
+# bundle that scripts/gpu_bundle.py builds (the machine reaches no package registry), runs the GPU-marked
+# tests and the benchmarks, and writes every figure as a JSON line as it goes, so a run cut short still
+# returns what it finished. docs/gpu.md has the plan: which call runs what, and the exact device command.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: scripts/gpu_check.sh STAGE [STAGE ...]
-       scripts/gpu_check.sh all
+usage: scripts/gpu_check.sh quick [--dry-run]
+       scripts/gpu_check.sh STAGE [STAGE ...] [--dry-run]
 
-Stages (run in the order given; each finishes within 10 minutes on one H100 / H200):
-  install        pip install the project with the CUDA torch already on the machine (never replaces
-                 torch), plus fused-ssim (CUDA SSIM kernel) when it can be built; prints versions
-  tests          pytest -m gpu: the GPU-marked tests (gsplat vs the PyTorch reference renderer, forward
-                 and backward incl. means2d gradients; MCMC relocation vs gsplat's CUDA kernel; ...)
-  splat-cup      benchmarks/bench_splat.py --full on ../shared/scenes/cup: 30k steps at standard
-                 resolution; PSNR, SSIM, LPIPS (when its weights are on disk), wall time, peak GPU
-                 memory, number of Gaussians, SfM-initialisation time, checkpoint bytes per Gaussian
-  splat-beercan  the same on ../shared/scenes/beercan
-  editkit        benchmarks/bench_p2p.py --full and benchmarks/bench_real_edit.py --full (the full SD 1.5
-                 architecture with random weights: no download needed)
-  scene-edit     benchmarks/bench_scene_edit.py --full --configs idu: `splat edit` on ../shared/scenes/cup
-                 with a full-size SD-1.5-shaped UNet (random weights), fp16: time per edited view, whole
-                 edit, inversion-cache saving, peak GPU memory
-  all            every stage above, in this order
+Plan:
+  quick          one device call under 8 minutes: install, then (while gsplat's CUDA extension builds on
+                 every core) the editkit figures, then the GPU tests, gsplat vs the reference renderer, and
+                 splat on cup at 7k steps; each stage is cut at the time left (QUICK_BUDGET_S, default 450 s)
+
+Stages (each sized for one call of at most 10 minutes; run in the order given):
+  install        install the bundle with pip --no-index into GPU_SITE (never touching the image's torch);
+                 build gsplat's CUDA extension from its source once (MAX_JOBS = every core, this GPU's
+                 architecture only) into a wheel kept in the results folder, unless the bundle has one
+  tests          pytest -m gpu on the test files that hold GPU-marked tests
+  render         benchmarks/bench_render.py --full: gsplat vs the PyTorch reference renderer (time, agreement)
+  editkit        benchmarks/bench_p2p.py --full: a P2P edit against plain generation, full-size SD-1.5-shaped
+                 UNet (random weights), fp16, 512 px, 50 steps
+  splat-cup-7k   benchmarks/bench_splat.py --full --steps 7000 on cup: the 30k schedule scored at 7k steps
+                 (held-out PSNR / SSIM, wall time, peak GPU memory, Gaussians)
+  splat-cup      the same to 30k steps
+  splat-beercan  30k steps on beercan (needs a bundle built with that scene: see docs/gpu.md)
+  real-edit      benchmarks/bench_real_edit.py --full (inversions + edits, full-size UNet)
+  scene-edit     benchmarks/bench_scene_edit.py --full --configs idu (splat edit on cup, full-size UNet)
+  all            every stage above but the quick plan, in this order
+
+Options:
+  --dry-run      print the device `run` command and `carry` list for what is asked, check that the bundle is
+                 there and that command and carry fit the device's limits (2,000 characters; 64 MiB with the
+                 working tree); runs nothing, needs no GPU
 
 Environment:
-  PYTHON              interpreter to use (default: python3)
-  GPU_CHECK_RESULTS   results file, appended to (default: benchmarks/gpu_check_results.txt): each stage
-                      starts with a {"stage": ...} JSON line (date, commit, GPU); benchmark rows are JSON
-                      lines; the test stage adds pytest's summary line
+  PYTHON           interpreter (default: python3, the device image's, with its CUDA torch)
+  GPU_BUNDLE       the bundle folder (default: .gpu_bundle, built by python scripts/gpu_bundle.py)
+  GPU_SITE         where the bundle is installed (default: /tmp/gpu_check_site)
+  GPU_CHECK_OUT    results folder (default: $OUT on the device machine, else benchmarks/gpu_check):
+                   figures.jsonl (a {"stage": ...} line with date, commit and GPU before each stage's rows),
+                   log.txt, pytest.txt, gsplat_build.log and the gsplat wheel built here
+  GPU_CHECK_COMMIT the commit the tree was copied from (the device copy has no .git; --dry-run prints it)
+  QUICK_BUDGET_S   the quick plan's time budget in seconds (default 450)
 
-Without a CUDA device the script stops with "no CUDA device" and exit code 2 (after --help, before
-anything is installed or run).
+Without a CUDA device the script stops with "no CUDA device" and exit code 2 (after --help and --dry-run,
+before anything is installed or run).
 EOF
 }
 
-STAGES=(install tests splat-cup splat-beercan editkit scene-edit)
+STAGES=(install tests render editkit splat-cup-7k splat-cup splat-beercan real-edit scene-edit)
+QUICK=(install editkit tests render splat-cup-7k)
 if [ $# -eq 0 ]; then
   usage >&2
   exit 2
 fi
 case "$1" in -h | --help) usage; exit 0 ;; esac
 
+dry_run=0
 requested=()
 for arg in "$@"; do
-  if [ "$arg" = all ]; then
-    requested+=("${STAGES[@]}")
-  elif [[ " ${STAGES[*]} " == *" $arg "* ]]; then
-    requested+=("$arg")
-  else
-    echo "gpu_check: unknown stage '$arg'; choose from: ${STAGES[*]} all" >&2
-    exit 2
-  fi
+  case "$arg" in
+    --dry-run) dry_run=1 ;;
+    quick) requested+=(quick) ;;
+    all) requested+=("${STAGES[@]}") ;;
+    *)
+      if [[ " ${STAGES[*]} " == *" $arg "* ]]; then
+        requested+=("$arg")
+      else
+        echo "gpu_check: unknown stage '$arg'; choose from: quick ${STAGES[*]} all" >&2
+        exit 2
+      fi
+      ;;
+  esac
 done
+if [ "${#requested[@]}" -eq 0 ]; then
+  echo "gpu_check: name the plan or stages to run (see --help)" >&2
+  exit 2
+fi
+if [[ " ${requested[*]} " == *" quick "* ]] && [ "${#requested[@]}" -gt 1 ]; then
+  echo "gpu_check: 'quick' is a whole plan; run it alone" >&2
+  exit 2
+fi
 
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-RESULTS="${GPU_CHECK_RESULTS:-benchmarks/gpu_check_results.txt}"
+BUNDLE="${GPU_BUNDLE:-.gpu_bundle}"
+SITE="${GPU_SITE:-/tmp/gpu_check_site}"
 
-# -- refuse without a GPU (nothing installed or written yet) ----------------------------------------------
+# -- dry run: the device command, its carry list and their sizes (no GPU needed) -----------------------------
+if [ "$dry_run" = 1 ]; then
+  exec "$PY" - "$BUNDLE" "${requested[@]}" <<'EOF'
+import json, os, subprocess, sys
+from pathlib import Path
+
+LIMIT, CMD_LIMIT = 64 * 2**20, 2000
+bundle, stages = Path(sys.argv[1]), sys.argv[2:]
+if not (bundle / "manifest.json").is_file():
+    sys.exit(f"gpu_check: no bundle at {bundle} (build it here first: python scripts/gpu_bundle.py)")
+def size(p):
+    p = Path(p)
+    return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+NEEDS = {"quick": "cup", "splat-cup-7k": "cup", "splat-cup": "cup", "scene-edit": "cup", "splat-beercan": "beercan"}
+if not Path(bundle, "core").is_dir():
+    sys.exit(f"gpu_check: the bundle lacks {bundle}/core (rebuild it: python scripts/gpu_bundle.py)")
+for stage in stages:
+    scene = NEEDS.get(stage)
+    if scene and not Path(bundle, "scenes", scene, "sparse").is_dir():
+        sys.exit(f"gpu_check: {stage} needs {bundle}/scenes/{scene} (python scripts/gpu_bundle.py --scenes {scene})")
+carry = [f"{bundle}/core"] + ([f"{bundle}/scenes"] if Path(bundle, "scenes").is_dir() else [])
+files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True, check=True).stdout
+tree = sum(size(f) for f in files.decode().split("\0") if f and os.path.isfile(f))
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+commit += "-dirty" if dirty.strip() else ""
+command = f"GPU_CHECK_COMMIT={commit} PYTHONUNBUFFERED=1 bash scripts/gpu_check.sh {' '.join(stages)}"
+sizes = {c: size(c) for c in carry}
+total = tree + sum(sizes.values())
+print("device run command:", command)
+print("carry:", json.dumps(carry))
+print(f"command: {len(command)} characters (limit {CMD_LIMIT})")
+print(f"working tree: {tree / 2**20:.1f} MiB")
+for c, s in sizes.items():
+    print(f"carry {c}: {s / 2**20:.1f} MiB")
+print(f"total: {total / 2**20:.1f} MiB of {LIMIT / 2**20:.0f} MiB")
+problems = []
+if len(command) >= CMD_LIMIT:
+    problems.append(f"the command has {len(command)} characters; the device takes at most {CMD_LIMIT}")
+if total > LIMIT:
+    problems.append(f"tree and carry are {total / 2**20:.1f} MiB; one call carries at most 64 MiB")
+if problems:
+    sys.exit("gpu_check: " + "; ".join(problems))
+print("fits: yes")
+EOF
+fi
+
+# -- refuse without a GPU (nothing installed or written yet) ------------------------------------------------
 if ! "$PY" - <<'EOF' 2>/dev/null
 import sys
 try:
@@ -74,73 +152,186 @@ then
       "run this on a machine with an NVIDIA GPU" >&2
     exit 2
   fi
-  echo "gpu_check: nvidia-smi sees a GPU but this Python's torch has no CUDA; install a CUDA build of torch" \
-    "first (https://pytorch.org/get-started/locally/), then run the install stage" >&2
+  echo "gpu_check: nvidia-smi sees a GPU but this Python's torch has no CUDA; use the interpreter that has" \
+    "the CUDA build of torch (PYTHON=...)" >&2
+  exit 2
+fi
+if [ ! -f "$BUNDLE/manifest.json" ]; then
+  echo "gpu_check: no bundle at $BUNDLE: build it on a machine with a package registry" \
+    "(python scripts/gpu_bundle.py) and carry $BUNDLE/core and $BUNDLE/scenes (see --dry-run)" >&2
   exit 2
 fi
 
+RES="${GPU_CHECK_OUT:-${OUT:-benchmarks/gpu_check}}"
+mkdir -p "$RES"
+FIGURES="$RES/figures.jsonl"
+exec > >(tee -a "$RES/log.txt") 2>&1
+START=$(date +%s)
+SITE="$(realpath -m "$SITE")"
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the bundle, then the checkout itself
+SCENES_DIR="../shared/scenes"
+[ -d "$SCENES_DIR/cup" ] || SCENES_DIR="$BUNDLE/scenes"
+
 header() {  # one JSON line naming the stage, date, commit and GPU
-  "$PY" - "$1" >>"$RESULTS" <<'EOF'
-import datetime, json, subprocess, sys
+  "$PY" - "$1" >>"$FIGURES" <<'EOF'
+import datetime, json, os, subprocess, sys
 import torch
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+commit = os.environ.get("GPU_CHECK_COMMIT") or subprocess.run(
+    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or None
 print(json.dumps({"stage": sys.argv[1], "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "commit": commit or None, "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}))
+                  "commit": commit, "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                  "cuda": torch.version.cuda}))
 EOF
+}
+
+figure() {  # figure NAME KEY=VALUE ...: one JSON line of numbers / strings
+  "$PY" - "$@" >>"$FIGURES" <<'EOF'
+import json, sys
+row = {"figure": sys.argv[1]}
+for kv in sys.argv[2:]:
+    k, _, v = kv.partition("=")
+    try:
+        row[k] = json.loads(v)
+    except ValueError:
+        row[k] = v
+print(json.dumps(row))
+EOF
+}
+
+limited() {  # limited CAP CMD...: run CMD for at most CAP seconds, less if the quick budget runs out first
+  local cap="$1" left
+  shift
+  if [ -n "${DEADLINE:-}" ]; then
+    left=$((DEADLINE - $(date +%s)))
+    [ "$left" -lt "$cap" ] && cap="$left"
+    if [ "$cap" -lt 20 ]; then
+      echo "gpu_check: skipped (the quick plan's budget is spent): $*" >&2
+      return 124
+    fi
+  fi
+  timeout -k 15 "$cap" "$@"
+}
+
+install_bundle() {
+  local stamp="$SITE/.installed" want
+  want="$(cksum <"$BUNDLE/manifest.json")"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    echo "gpu_check: bundle already installed in $SITE" >&2
+    return 0
+  fi
+  local t0=$SECONDS
+  mkdir -p "$SITE"
+  # --no-deps: the bundle holds exactly what the image lacks; the image's torch is never touched
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$BUNDLE"/core/*.whl
+  if compgen -G "$BUNDLE/viewer/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      "$BUNDLE"/viewer/*.whl
+  fi
+  echo "$want" >"$stamp"
+  figure install seconds=$((SECONDS - t0))
+}
+
+build_gsplat() {  # gsplat with its CUDA extension: from the bundle's wheel, or built here once
+  if "$PY" -c "from gsplat import csrc" >/dev/null 2>&1; then
+    echo "gpu_check: gsplat's CUDA extension is installed" >&2
+    return 0
+  fi
+  local sdist arch t0=$SECONDS wheel
+  sdist="$(compgen -G "$BUNDLE/core/gsplat-*.tar.gz" | head -n 1)"
+  if [ -z "$sdist" ]; then
+    echo "gpu_check: the bundle has neither a built gsplat wheel nor gsplat's source" >&2
+    return 1
+  fi
+  arch="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))')"
+  echo "gpu_check: building gsplat's CUDA extension for sm_${arch/./} with $(nproc) jobs" >&2
+  if ! MAX_JOBS="$(nproc)" TORCH_CUDA_ARCH_LIST="$arch" "$PY" -m pip wheel -q --no-index --no-deps \
+    --no-build-isolation -w "$RES" "$sdist" >"$RES/gsplat_build.log" 2>&1; then
+    echo "gpu_check: building gsplat failed; the end of $RES/gsplat_build.log:" >&2
+    tail -n 20 "$RES/gsplat_build.log" >&2
+    figure gsplat-build ok=false seconds=$((SECONDS - t0))
+    return 1
+  fi
+  wheel="$(compgen -G "$RES/gsplat-*.whl" | head -n 1)"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$wheel"
+  figure gsplat-build ok=true seconds=$((SECONDS - t0)) jobs="$(nproc)" arch="\"$arch\"" \
+    wheel="\"$(basename "$wheel")\"" wheel_bytes="$(stat -c %s "$wheel")"
 }
 
 run_stage() {
   local stage="$1"
-  echo "== gpu_check: $stage" >&2
-  mkdir -p "$(dirname "$RESULTS")"
+  echo "== gpu_check: $stage ($(($(date +%s) - START)) s in)" >&2
   case "$stage" in
     install)
-      # torch is already the CUDA build: pin it so pip cannot swap it, then the project and its test tools
-      local torch_pin
-      torch_pin="torch==$("$PY" -c 'import torch; print(torch.__version__)')"
-      "$PY" -m pip install -q "$torch_pin" -e ".[test]"
-      "$PY" -m pip install -q --no-build-isolation "git+https://github.com/rahul-goel/fused-ssim" "$torch_pin" \
-        || echo "gpu_check: fused-ssim could not be built; SSIM falls back to pytorch-msssim" >&2
       header install
-      "$PY" - >>"$RESULTS" <<'EOF'
+      install_bundle
+      "$PY" - >>"$FIGURES" <<'EOF'
 import json
-import gsplat, torch
-try:
-    import fused_ssim  # noqa: F401
-    fused = True
-except ImportError:
-    fused = False
-print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "gsplat": gsplat.__version__,
-                  "fused_ssim": fused, "gpu": torch.cuda.get_device_name(0)}))
+import diffusers, pycolmap, torch
+print(json.dumps({"figure": "versions", "torch": torch.__version__, "cuda": torch.version.cuda,
+                  "diffusers": diffusers.__version__, "pycolmap": pycolmap.__version__,
+                  "gpu": torch.cuda.get_device_name(0)}))
 EOF
+      if [ "${BUILD_IN_BACKGROUND:-0}" = 1 ]; then
+        build_gsplat &
+        BUILD_PID=$!
+      else
+        build_gsplat
+      fi
       ;;
     tests)
+      [ -z "${BUILD_PID:-}" ] || { wait "$BUILD_PID" || true; BUILD_PID=""; }
       header tests
-      local log rc=0
-      log="$(mktemp)"
-      "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider tests >"$log" 2>&1 || rc=$?
-      tail -n 30 "$log" >&2
-      tail -n 1 "$log" >>"$RESULTS"
-      rm -f "$log"
-      [ "$rc" -eq 0 ] || { echo "gpu_check: GPU tests failed (exit $rc)" >&2; exit "$rc"; }
+      local rc=0 files
+      mapfile -t files < <(grep -rl --include='test_*.py' 'mark.gpu' tests | sort)
+      limited 240 "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider "${files[@]}" >"$RES/pytest.txt" 2>&1 || rc=$?
+      tail -n 30 "$RES/pytest.txt" >&2
+      figure tests exit_code="$rc" summary="\"$(tail -n 1 "$RES/pytest.txt" | tr -d '"=')\""
       ;;
-    splat-cup | splat-beercan)
-      header "$stage"
-      "$PY" benchmarks/bench_splat.py --full --no-brute-force --scenes "${stage#splat-}" --results "$RESULTS"
+    render)
+      [ -z "${BUILD_PID:-}" ] || { wait "$BUILD_PID" || true; BUILD_PID=""; }
+      header render
+      limited 120 "$PY" benchmarks/bench_render.py --full --results "$FIGURES"
       ;;
     editkit)
       header editkit
-      "$PY" benchmarks/bench_p2p.py --full | tee -a "$RESULTS"
-      "$PY" benchmarks/bench_real_edit.py --full | tee -a "$RESULTS"
+      limited 240 "$PY" benchmarks/bench_p2p.py --full --repeats 2 --results "$FIGURES"
+      ;;
+    real-edit)
+      header real-edit
+      limited 600 "$PY" benchmarks/bench_real_edit.py --full | tee -a "$RES/real_edit.txt"
+      ;;
+    splat-cup-7k)
+      [ -z "${BUILD_PID:-}" ] || { wait "$BUILD_PID" || true; BUILD_PID=""; }
+      header splat-cup-7k
+      limited 300 "$PY" benchmarks/bench_splat.py --full --steps 7000 --no-brute-force --scenes cup \
+        --scenes-dir "$SCENES_DIR" --results "$FIGURES"
+      ;;
+    splat-cup | splat-beercan)
+      header "$stage"
+      limited 600 "$PY" benchmarks/bench_splat.py --full --no-brute-force --scenes "${stage#splat-}" \
+        --scenes-dir "$SCENES_DIR" --results "$FIGURES"
       ;;
     scene-edit)
       header scene-edit
-      "$PY" benchmarks/bench_scene_edit.py --full --configs idu | tee -a "$RESULTS"
+      limited 600 "$PY" benchmarks/bench_scene_edit.py --full --configs idu | tee -a "$RES/scene_edit.txt"
       ;;
   esac
 }
 
-for stage in "${requested[@]}"; do
-  run_stage "$stage"
-done
-echo "gpu_check: results appended to $RESULTS" >&2
+status=0
+if [ "${requested[0]}" = quick ]; then
+  DEADLINE=$((START + ${QUICK_BUDGET_S:-450}))
+  BUILD_IN_BACKGROUND=1
+  for stage in "${QUICK[@]}"; do
+    run_stage "$stage" || { echo "gpu_check: $stage failed (exit $?); going on" >&2; status=1; }
+  done
+else
+  for stage in "${requested[@]}"; do
+    [ "$stage" = install ] || [ -f "$SITE/.installed" ] || run_stage install
+    run_stage "$stage" || { echo "gpu_check: $stage failed (exit $?); going on" >&2; status=1; }
+  done
+fi
+[ -z "${BUILD_PID:-}" ] || wait "$BUILD_PID" || true
+echo "gpu_check: figures in $FIGURES ($(($(date +%s) - START)) s)" >&2
+exit "$status"

@@ -22,6 +22,6 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     echo "note: chromium is not installed (needs root: sudo apt install chromium); the browser test will be skipped" >&2
   fi
 fi
-"$PY" -m ruff check editkit splat apps safeio tests benchmarks
+"$PY" -m ruff check editkit splat apps safeio tests benchmarks scripts
 # pytest exits 5 when it collected no test: that is a failure here too (set -e), never a silent pass.
 "$PY" -m pytest -q "$@"

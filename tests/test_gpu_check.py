@@ -15,14 +15,16 @@ SCRIPT = REPO / "scripts" / "gpu_check.sh"
 
 
 def _run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_RESULTS": str(tmp_path / "results.txt")}
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_OUT": str(tmp_path / "results"),
+           "GPU_SITE": str(tmp_path / "site")}
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_help_lists_every_stage(tmp_path):
     proc = _run("--help", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for stage in ("install", "tests", "splat-cup", "splat-beercan", "editkit", "all"):
+    for stage in ("quick", "install", "tests", "render", "editkit", "splat-cup-7k", "splat-cup", "splat-beercan",
+                  "real-edit", "scene-edit", "all"):
         assert f"  {stage} " in proc.stdout, stage
     assert "no CUDA device" in proc.stdout  # the refusal is documented
 
@@ -32,12 +34,14 @@ def test_unknown_stage_and_no_stage_are_refused(tmp_path):
     assert proc.returncode == 2 and "unknown stage 'splat-everything'" in proc.stderr
     proc = _run(tmp_path=tmp_path)
     assert proc.returncode == 2 and "usage:" in proc.stderr
+    proc = _run("quick", "tests", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "run it alone" in proc.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-@pytest.mark.parametrize("stage", ["install", "all"])
+@pytest.mark.parametrize("stage", ["install", "quick", "all"])
 def test_refuses_without_cuda_before_doing_anything(stage, tmp_path):
     proc = _run(stage, tmp_path=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "no CUDA device" in proc.stderr or "torch has no CUDA" in proc.stderr, proc.stderr
-    assert not (tmp_path / "results.txt").exists()  # nothing installed, run or written
+    assert not (tmp_path / "results").exists() and not (tmp_path / "site").exists()  # nothing installed or written

@@ -1,0 +1,93 @@
+"""The offline bundle a GPU machine installs from (scripts/gpu_bundle.py) and the device command that carries
+it (scripts/gpu_check.sh --dry-run), checked on this CPU machine with pip's registry.
+
+The device image (Python 3.12) lacks diffusers, gsplat, pycolmap, tyro, viser, ...; the bundle must hold them
+and what they need, fit in one device call with the working tree, and install without an index.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import gpu_bundle  # noqa: E402
+
+MIB = 2**20
+
+
+@pytest.fixture(scope="module")
+def device_bundle(tmp_path_factory):
+    """The bundle as the device gets it: CPython 3.12 wheels, gsplat's source, the cup scene."""
+    out = tmp_path_factory.mktemp("bundle") / "b312"
+    gpu_bundle.build(out, python_version="3.12")
+    return out
+
+
+def test_device_bundle_has_what_the_image_lacks_and_fits_one_call(device_bundle):
+    files = [p.name for p in (device_bundle / "core").iterdir()]
+    for name in ("diffusers-", "pycolmap-", "tyro-", "pytorch_msssim-", "gsplat-"):
+        assert any(f.startswith(name) for f in files), name
+    assert any(f.startswith("pycolmap-") and "cp312" in f and "x86_64" in f for f in files)
+    assert any(f.startswith("gsplat-") and f.endswith(".tar.gz") for f in files)  # built on the device
+    assert any(p.name.startswith("viser-") for p in (device_bundle / "viewer").iterdir())
+    # nothing the image has already: torch, transformers, numpy ... would shadow the image's builds
+    device = gpu_bundle.device_packages()
+    for f in files:
+        assert gpu_bundle.canonicalize_name(f.split("-", 1)[0]) not in device, f
+    sizes = {part: gpu_bundle.tree_size(device_bundle / part) for part in ("core", "viewer", "scenes")}
+    assert sizes["core"] + sizes["viewer"] < 64 * MIB  # every wheel in one call
+    assert (device_bundle / "scenes" / "cup" / "sparse" / "0").is_dir()
+
+
+def test_bundle_installs_offline_and_imports(tmp_path):
+    # the same set for this interpreter, installed with --no-index into a fresh folder; the import sees only
+    # that folder, the checkout and a stand-in for the device image's own packages
+    out, site = tmp_path / "local", tmp_path / "site"
+    gpu_bundle.build(out, python_version="{}.{}".format(*sys.version_info[:2]), scenes=())
+    gpu_bundle.install_offline(out, site)
+    printed = gpu_bundle.import_check(site)
+    for name in gpu_bundle.IMPORTS:
+        assert f"{name} " in printed, printed
+    assert str(site / "diffusers") in printed and str(site / "pycolmap") in printed  # from the bundle
+    # the stand-in is no copy of this environment: what the bundle lacks cannot be imported
+    for path in site.glob("tyro*"):
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    with pytest.raises(gpu_bundle.BundleError, match="tyro"):
+        gpu_bundle.import_check(site, ("tyro",))
+
+
+def _dry_run(bundle: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_BUNDLE": str(bundle)}
+    return subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "quick", "--dry-run"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)  # fmt: skip
+
+
+def test_dry_run_prints_the_device_command_and_checks_sizes(device_bundle):
+    proc = _dry_run(device_bundle)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    command = next(line for line in out.splitlines() if line.startswith("device run command: "))
+    command = command.removeprefix("device run command: ")
+    assert command.endswith("bash scripts/gpu_check.sh quick") and len(command) < 2000
+    assert f'carry: ["{device_bundle}/core", "{device_bundle}/scenes"]' in out
+    assert "fits: yes" in out
+    # a carry over the device's 64 MiB is refused (a sparse file: its size counts, not its disk use)
+    with open(device_bundle / "scenes" / "padding.bin", "wb") as f:
+        f.truncate(70 * MIB)
+    try:
+        proc = _dry_run(device_bundle)
+    finally:
+        (device_bundle / "scenes" / "padding.bin").unlink()
+    assert proc.returncode != 0 and "one call carries at most 64 MiB" in proc.stderr, proc.stderr
+
+
+def test_dry_run_without_a_bundle_says_how_to_build_one(tmp_path):
+    proc = _dry_run(tmp_path / "missing")
+    assert proc.returncode != 0
+    assert "python scripts/gpu_bundle.py" in proc.stderr
