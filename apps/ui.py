@@ -46,6 +46,9 @@ MAX_TARGETS_PICK = 4  # re-weight rows can name one of the first few targets
 RUN_GROUP = "editkit-pipeline"  # every run event shares this concurrency group (size 1)
 OWNER = "editkit-ui"  # safeio ownership mark of the download folders
 HEATMAP_PX = 384  # width of the token heatmap in the page
+# Largest upload (--max-upload-mb): room for a photo at the decoder's pixel limit as JPEG / WebP and most PNGs.
+# Gradio refuses a larger file while it streams in (HTTP 413), before anything reads it, and the page says so.
+MAX_UPLOAD_MB = 100
 
 
 @dataclass
@@ -530,6 +533,13 @@ def _is_local(host: str) -> bool:
         return False
 
 
+def _looks_local(model: str) -> bool:
+    """A path rather than a hub id (ORG/NAME): starts with ./ ../ / ~, has more than one separator (the rule
+    editkit.models applies before asking the hub) or a backslash, or names a checkpoint file."""
+    return (model.startswith((".", "/", "~")) or "\\" in model or model.rstrip("/").count("/") > 1
+            or model.endswith((".safetensors", ".ckpt")))
+
+
 def _parse_auth(text: str | None):
     if text is None:
         return None
@@ -550,9 +560,11 @@ def launch(
     dtype=None,
     default_steps: int = 50,
     block: bool = True,
+    max_upload_mb: int = MAX_UPLOAD_MB,
     **launch_kwargs,
 ):
-    """Build the app and serve it (``block=False`` returns at once, for tests and notebooks)."""
+    """Build the app and serve it (``block=False`` returns at once, for tests and notebooks); uploads larger
+    than ``max_upload_mb`` MB are refused."""
     if not _is_local(host) and auth is None:
         print(f"editkit-ui: warning: serving on {host} without a password: anyone who can reach this machine can "
               "use it. Pass --auth USER:PASSWORD.", file=sys.stderr)
@@ -560,7 +572,7 @@ def launch(
     app.queue()
     # quiet: Gradio's own banner advises `share=True` in `launch()`; our flag is --share, said below
     app.launch(server_name=host, server_port=port, share=share, auth=auth, prevent_thread_lock=True, quiet=True,
-               footer_links=[], **launch_kwargs)
+               footer_links=[], max_file_size=f"{max_upload_mb}mb", **launch_kwargs)
     print(f"editkit-ui: serving on {app.local_url}", file=sys.stderr)
     if share and app.share_url:
         print(f"editkit-ui: public link {app.share_url}", file=sys.stderr)
@@ -584,16 +596,24 @@ def main(argv=None) -> int:
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="ask for this login in the browser")
     parser.add_argument("--steps", type=int, default=50, help="initial value of the steps sliders")
+    parser.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB, metavar="MB",
+                        help=f"largest photo a browser may upload, in MB (default {MAX_UPLOAD_MB})")
     args = parser.parse_args(argv)
     try:
         auth = _parse_auth(args.auth)
         from editkit.models import check_device
 
         check_device(args.device)
+        if args.max_upload_mb < 1:
+            raise ValueError(f"--max-upload-mb must be at least 1, got {args.max_upload_mb}")
     except ValueError as e:
         parser.error(str(e))
+    if _looks_local(args.model) and not Path(args.model).expanduser().exists():
+        print(f"editkit-ui: error: --model {args.model}: no file or folder there (a local path; a hub id is "
+              "ORG/NAME)", file=sys.stderr)
+        return 2
     launch(args.model, host=args.host, port=args.port, share=args.share, auth=auth, device=args.device,
-           default_steps=args.steps, block=True)
+           default_steps=args.steps, block=True, max_upload_mb=args.max_upload_mb)
     return 0
 
 

@@ -12,17 +12,25 @@ From Python, :func:`edit_photos` is the same run (call it in every process of a 
 
 How the work is shared (``accelerate.PartialState``):
 
-- the photos are split into contiguous shares, one per process (``split_between_processes``); every process
-  loads the pipeline once, on its own device (``cuda:LOCAL_RANK`` on GPUs, the CPU with gloo otherwise), and
-  edits its share with the same per-photo code as a single-process run, so the files and their names are the
-  same whatever the number of processes;
+- the photos are dealt out in turn (photo ``i`` to process ``i % N``), so slow photos, which often come
+  together (a folder of large ones), are spread over the processes and everyone finishes at about the same
+  time; every process edits its share with the same per-photo code as a single-process run, so the files and
+  their names are the same whatever the number of processes;
+- the main process loads the pipeline first (a Hub download happens once, into the shared cache), then the
+  others load it, each on its own device (``cuda:LOCAL_RANK`` on GPUs, the CPU with gloo otherwise); a model
+  the main process cannot find stops every process (``ModelNotFoundError``);
+- the processes wait for each other (the main process's load, the final gather) under a long timeout
+  (:data:`WAIT_LIMIT`, not the process group's default of 10 or 30 minutes, which a slow load or a slow share
+  of photos can outlast: the job was then killed before the summary was written);
 - nothing depends on a process's random stream: photo edits are deterministic given the photo, the prompts and
   the settings (DDIM inversion and sampling with eta = 0; the run seed is handed to every photo unchanged, as
   the single-process command always did, and the engine does not draw from it); a run seed of ``None`` is
   drawn once on the main process and shared, and it is recorded in the summary;
 - one bad photo (unreadable, too large, a prompt the engine refuses for it, out of GPU memory on it) is
-  recorded with its error and the others go on; the per-photo results are gathered (``gather_object``) and
-  the main process writes the summary (JSON, atomically) and prints a short table on stderr.
+  recorded with its error and the others go on; a process that cannot go on (out of memory while loading the
+  model, or a bug) records the photos it did not edit with the reason and still takes part in the gather, so
+  the main process always writes the summary (JSON, atomically) of what was written and prints a short table
+  on stderr; a bug is raised again afterwards in the process that met it (exit code 1, with its traceback).
 
 ``accelerate`` is imported only when a batch runs (it adds about 0.2 s to ``import editkit``'s 2.2 s).
 """
@@ -35,9 +43,11 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from .jobs import InputError, InversionCache, P2PSettings, edit_photo_p2p, edit_photo_pnp, plan_p2p
+from .models import ModelNotFoundError
 
 __all__ = [
     "SUMMARY_NAME",
@@ -48,10 +58,16 @@ __all__ = [
     "edit_photo_files",
     "edit_photos",
     "launched",
+    "share_of",
     "slug",
 ]
 
 SUMMARY_NAME = "summary.json"  # default summary file, in the output folder
+
+# How long a process waits for the others (the main process's model load, which may be a download of several
+# GB, and the other shares before the gather). A process that dies ends the launch sooner: torchrun's agent then
+# stops the others.
+WAIT_LIMIT = timedelta(hours=12)
 
 # Set in every process started by torchrun / accelerate launch (multi-process) or by MPI, and by accelerate's
 # single-process launcher (ACCELERATE_DYNAMO_BACKEND).
@@ -164,13 +180,25 @@ def _stem(image) -> str:
 
 
 def check_photo_names(images: Sequence) -> None:
-    """Two photos whose names give the same output names would overwrite each other's files: refuse them."""
-    seen: dict[str, str] = {}
+    """Refuse a photo given twice, and two photos whose output names would be the same file: the same name, or
+    names that differ only in case (one file on macOS's and Windows' case-insensitive file systems)."""
+    paths: dict[str, str] = {}
+    stems: dict[str, tuple[str, str]] = {}
     for image in images:
+        real = os.path.realpath(os.path.expanduser(str(image)))
+        if real in paths:
+            same = "" if paths[real] == str(image) else f" (as {paths[real]})"
+            raise InputError(f"{image} is given twice{same}: give each photo once")
+        paths[real] = str(image)
         stem = _stem(image)
-        if stem in seen and seen[stem] != str(image):
-            raise InputError(f"{seen[stem]} and {image} would write the same files ({stem}_...); rename one")
-        seen[stem] = str(image)
+        key = stem.casefold()
+        if key in stems:
+            first, first_stem = stems[key]
+            where = "" if first_stem == stem else " on a case-insensitive file system (macOS, Windows)"
+            raise InputError(
+                f"{first} and {image} would write the same files ({stem}_...){where}; rename one"
+            )
+        stems[key] = (str(image), stem)
 
 
 def _write(image, path: Path, written: list[Path], on_write: Callable[[Path], None] | None) -> None:
@@ -260,12 +288,18 @@ def edit_photo_files(
 
 
 def _state(device: str | None):
-    """accelerate's process state; on the CPU (asked for, or no CUDA) a multi-process launch uses gloo."""
+    """accelerate's process state; on the CPU (asked for, or no CUDA) a multi-process launch uses gloo. The
+    process group waits :data:`WAIT_LIMIT` for a collective (its default is 10 minutes with NCCL)."""
     import torch
     from accelerate import PartialState
 
     cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
-    return PartialState(cpu=cpu)
+    return PartialState(cpu=cpu, timeout=WAIT_LIMIT)
+
+
+def share_of(items: Sequence, rank: int, processes: int) -> list:
+    """The items process ``rank`` of ``processes`` works on: every ``processes``-th, starting at ``rank``."""
+    return list(items[rank::processes])
 
 
 def _process_device(state, device: str | None) -> str | None:
@@ -279,6 +313,11 @@ def _process_device(state, device: str | None) -> str | None:
         f"--device {device}: with {state.num_processes} processes each process uses its own device; "
         "leave --device out (or give 'cpu' or 'cuda')"
     )
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
@@ -336,31 +375,71 @@ def edit_photos(
         from .models import load_pipeline as load
 
     indexed = list(enumerate(str(p) for p in images))
-    with state.split_between_processes(indexed) as share:
-        share = list(share)
-    results: list[tuple[int, InputResult]] = []
-    if share:
+    share = share_of(indexed, rank, n_proc)
+    where = f" on process {rank + 1} of {n_proc}" if n_proc > 1 else ""
+    memory_errors = _out_of_memory_errors()
+    pipe = None
+    stopped: Exception | None = None  # what ended this process's work early (its other photos: not edited)
+    reason = ""  # ... in the summary's words
+
+    def load_here() -> None:
+        nonlocal pipe, stopped, reason
         tell(f"{len(share)} of {len(indexed)} photo(s) here; loading {model} ...")
-        pipe = load(model, device)
-        if hasattr(pipe, "unet"):
+        try:
+            pipe = load(model, device)
+        except ModelNotFoundError as e:
+            if state.is_main_process:
+                raise
+            stopped = e  # the main process found it: a problem of this process's machine
+        except Exception as e:  # noqa: BLE001 - out of memory (or a bug): recorded, summary written, bug raised
+            stopped = e
+        if stopped is not None:
+            reason = f"the model could not be loaded{where}: {_one_line(stopped)}"
+            tell(f"{reason}; {len(share)} photo(s) not edited")
+        elif hasattr(pipe, "unet"):
             tell(f"model on {pipe.device} in {str(pipe.unet.dtype).replace('torch.', '')}")
-        cache = InversionCache(capacity=4)
-        memory_errors = _out_of_memory_errors()
-        for index, image in share:
-            written: list[Path] = []
-            result = InputResult(image=image, ok=True, process=rank)
-            try:
-                if not Path(image).is_file():
-                    raise InputError(f"no such image file: {image}")
-                edit_photo_files(
-                    pipe, image, job, output, cache=cache, written=written, on_write=on_write, say=tell
-                )
-            except (ValueError, *memory_errors) as e:  # InputError, the engine's input checks, out of memory
-                result.ok = False
-                result.error = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
-                tell(f"{image}: failed: {result.error}")
-            result.files = [p.name for p in written]
+
+    # The main process loads first (a Hub download happens once); the broadcast is the others' signal to go.
+    not_found = None
+    if state.is_main_process and share:
+        try:
+            load_here()
+        except ModelNotFoundError as e:
+            not_found = e
+    if n_proc > 1:
+        [problem] = broadcast_object_list([None if not_found is None else not_found.problem])
+        if problem is not None and not_found is None:
+            not_found = ModelNotFoundError(problem)
+    if not_found is not None:  # every process stops: the model is not where the user said
+        raise not_found
+    if not state.is_main_process and share:
+        load_here()
+
+    results: list[tuple[int, InputResult]] = []
+    cache = InversionCache(capacity=4)
+    for index, image in share:
+        written: list[Path] = []
+        result = InputResult(image=image, ok=stopped is None, process=rank)
+        if stopped is not None:
+            result.error = f"not edited: {reason}"
             results.append((index, result))
+            continue
+        try:
+            if not Path(image).is_file():
+                raise InputError(f"no such image file: {image}")
+            edit_photo_files(
+                pipe, image, job, output, cache=cache, written=written, on_write=on_write, say=tell
+            )
+        except (ValueError, *memory_errors) as e:  # InputError, the engine's input checks, out of memory
+            result.ok = False
+            result.error = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+            tell(f"{image}: failed: {result.error}")
+        except Exception as e:  # noqa: BLE001 - a bug: recorded, the summary written, then raised again
+            stopped, result.ok, result.error = e, False, _one_line(e)
+            reason = f"stopped{where} by {_one_line(e)} on {image}"
+            tell(f"{image}: failed: {result.error}")
+        result.files = [p.name for p in written]
+        results.append((index, result))
     if n_proc > 1:
         results = gather_object(results)
     inputs = [r for _, r in sorted(results, key=lambda pair: pair[0])]
@@ -380,4 +459,6 @@ def edit_photos(
         # A launcher (torchrun's agent) stops every process as soon as one exits with a non-zero code: nobody
         # leaves before the main process has written the summary.
         state.wait_for_everyone()
+    if stopped is not None and not isinstance(stopped, memory_errors):
+        raise stopped  # a bug stays a bug (exit code 1 and its traceback), now that the summary is written
     return summary

@@ -246,16 +246,25 @@ def _check_run(opts: SamplingOptions) -> None:
 
 
 def _check_output(folder: Path) -> None:
-    """Create the output folder (and only it) and prove it takes files, before any work is done."""
+    """Prove the output folder can take files, before any work is done, and leave nothing behind: a missing
+    folder is created by the first file written (its nearest existing parent must be a writable folder)."""
+    import errno
+    import os
     import tempfile
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--output {folder} exists and is not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".editkit-write-test-"):
-            pass
+        if folder.is_dir():
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".editkit-write-test-"):
+                pass
+            return
+        parent = next(p for p in folder.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"Permission denied ({parent})")
     except OSError as e:
         raise UsageError(f"--output {folder} cannot be written: {e.strerror or e}") from e
 

@@ -421,3 +421,29 @@ def test_word_just_inside_the_limit_still_works(sd1):
     prompt, target = "a " * 74 + "cat", "a " * 74 + "dog"
     out = p2p.generate(sd1, prompt, [target], p2p.Replace(), output_type="pt", **GEN)
     assert torch.isfinite(out.latents).all()
+
+
+@pytest.mark.parametrize("command, batch", [("edit", False), ("edit", True), ("generate", False)],
+                         ids=["edit", "edit-summary", "generate"])
+def test_a_missing_model_leaves_no_output_folder(tmp_path, capsys, command, batch):
+    """The command refuses a model that is not there (exit code 3) before it makes the --output folder."""
+    from editkit.cli import EXIT_MODEL_NOT_FOUND, main
+
+    photo = tmp_path / "cat.png"
+    Image.new("RGB", (16, 16), (200, 100, 50)).save(photo)
+    out, summary = tmp_path / "out" / "sub", tmp_path / "report" / "summary.json"
+    argv = [command, *([str(photo)] if command == "edit" else []), "--source", "a cat", "--target", "a dog",
+            "--model", str(tmp_path / "no-model"), "--output", str(out), "--quiet", "--steps", "2"]
+    assert main(argv + (["--summary", str(summary)] if batch else [])) == EXIT_MODEL_NOT_FOUND
+    err = capsys.readouterr().err
+    assert "no file or folder" in err and "no-model" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.png"]  # no out/, out/sub/ or report/
+
+
+def test_an_unwritable_output_is_still_refused_before_the_model(tmp_path, capsys):
+    from editkit.cli import EXIT_USAGE, main
+
+    (tmp_path / "a-file").write_text("in the way")
+    argv = ["generate", "--source", "a cat", "--target", "a dog", "--model", str(tmp_path / "no-model"), "--quiet"]
+    assert main([*argv, "--output", str(tmp_path / "a-file" / "out" / "deeper")]) == EXIT_USAGE
+    assert "cannot be written: Not a directory" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+import editkit.batch as batch
 from editkit.batch import EditJob, _process_device, check_photo_names, launched
 from editkit.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
 from editkit.jobs import InputError
@@ -103,6 +105,26 @@ def batch_run(model, photos, tmp_path_factory):
     }
 
 
+def accelerate_launch(processes: int = 2) -> list[str]:
+    """``accelerate launch`` on the CPU (gloo), as a user starts a batch; the script or ``-m module`` follows."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+
+
 def test_two_processes_write_the_same_files_as_one(model, photos, tmp_path):
     good = [photos[f"photo{i}"] for i in range(4)]
     common = ["--model", model, "--pairs", str(photos["pairs"]), "--device", "cpu", *RUN]
@@ -114,27 +136,10 @@ def test_two_processes_write_the_same_files_as_one(model, photos, tmp_path):
     assert len(reference) == 4 * 3  # per photo: the source, one edit per pair
 
     two = tmp_path / "two"
-    # the bad photo is in the second process's share: [0, 1, 2] and [3, 4]
+    # the photos are dealt out in turn, [0, 2, 4] and [1, 3]: the bad photo is in the second process's share
     inputs = [*good[:3], photos["bad"], good[3]]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "editkit.cli",
-    ]
+    launch = [*accelerate_launch(2), "-m", "editkit.cli"]
     proc = subprocess.run(
         [*launch, "edit", *map(str, inputs), "--output", str(two), *common],
         capture_output=True,
@@ -159,7 +164,7 @@ def test_two_processes_write_the_same_files_as_one(model, photos, tmp_path):
     summary = json.loads((two / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["edited"] == 4 and summary["failed"] == 1
     assert [r["image"] for r in summary["inputs"]] == [str(p) for p in inputs]
-    assert [r["process"] for r in summary["inputs"]] == [0, 0, 0, 1, 1]
+    assert [r["process"] for r in summary["inputs"]] == [0, 1, 0, 1, 0]
     bad = summary["inputs"][3]
     assert (
         not bad["ok"]
@@ -257,7 +262,41 @@ def test_photos_that_would_write_the_same_files_are_refused(photos, tmp_path, ca
         ]
     )
     assert code == EXIT_USAGE and "rename one" in capsys.readouterr().err
-    check_photo_names([photos["photo0"], photos["photo0"]])  # the same photo twice is allowed
+
+
+def test_a_photo_given_twice_is_refused(photos, tmp_path, monkeypatch, capsys):
+    same = photos["photo0"]
+    with pytest.raises(InputError, match="given twice: give each photo once"):
+        check_photo_names([same, photos["photo1"], same])
+    monkeypatch.chdir(same.parent)  # the same file under another spelling
+    with pytest.raises(InputError, match=r"photo 0.png is given twice \(as .*photo 0.png\)"):
+        check_photo_names([same, Path(".") / "sub" / ".." / same.name])
+    out = tmp_path / "out"
+    argv = [
+        "edit",
+        str(same),
+        str(same),
+        "--source",
+        "a cat",
+        "--target",
+        "a dog",
+        "--model",
+        "/nonexistent",
+        "--output",
+        str(out),
+        *RUN,
+    ]
+    for extra in ([], ["--summary", str(tmp_path / "s.json")]):  # plain and batch mode
+        assert main([*argv, *extra]) == EXIT_USAGE and "given twice" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_names_that_differ_only_in_case_are_refused(photos, tmp_path):
+    upper = tmp_path / "PHOTO 0.png"  # its files are photo 0's on macOS and Windows file systems
+    Image.open(photos["photo0"]).save(upper)
+    with pytest.raises(InputError, match="would write the same files .* case-insensitive file system"):
+        check_photo_names([photos["photo0"], upper])
+    check_photo_names([photos["photo0"], photos["photo1"]])  # different names pass
 
 
 def test_each_process_takes_its_own_device():
@@ -324,8 +363,6 @@ def fake_edit(refuse: str, crash: str = ""):
 
 
 def test_a_photo_the_engine_refuses_is_recorded_and_a_bug_is_not_hidden(photos, tmp_path, monkeypatch):
-    import editkit.batch as batch
-
     job = EditJob(pairs=[("a cat", ["a dog"])], inversion="direct", steps=2)
     images = [photos["photo0"], photos["photo1"], photos["photo2"]]
     monkeypatch.setattr(batch, "edit_photo_p2p", fake_edit(refuse="photo 1.png"))
@@ -342,3 +379,122 @@ def test_a_photo_the_engine_refuses_is_recorded_and_a_bug_is_not_hidden(photos, 
     monkeypatch.setattr(batch, "edit_photo_p2p", fake_edit(refuse="", crash="photo 1.png"))
     with pytest.raises(RuntimeError, match="a bug"):  # an engine bug is not turned into a photo's error
         batch.edit_photos(images, job, model="m", output=tmp_path / "out2", load=lambda m, d: object())
+    # ... but the summary of what was written comes first
+    records = json.loads((tmp_path / "out2" / "summary.json").read_text())["inputs"]
+    assert [r["ok"] for r in records] == [True, False, False] and records[0]["files"]
+    assert records[1]["error"] == "RuntimeError: a bug"
+    assert records[2]["error"] == f"not edited: stopped by RuntimeError: a bug on {images[1]}"
+
+
+def test_a_model_that_fails_to_load_for_lack_of_memory_is_recorded(photos, tmp_path):
+    def load(model, device):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    job = EditJob(pairs=[("a cat", ["a dog"])], inversion="direct", steps=2)
+    summary = batch.edit_photos(
+        [photos["photo0"], photos["photo1"]], job, model="m", output=tmp_path, load=load
+    )
+    assert summary.exit_code == EXIT_SOME_FAILED and [r.ok for r in summary.inputs] == [False, False]
+    assert summary.inputs[1].error == (
+        "not edited: the model could not be loaded: OutOfMemoryError: CUDA out of "
+        "memory. Tried to allocate 2.00 GiB"
+    )
+    assert json.loads((tmp_path / "summary.json").read_text())["failed"] == 2
+
+
+# One process of a two-process launch (a script under accelerate launch): a fake engine writes a grey image per
+# prompt; the main process's model load takes a second, and the second process runs out of memory loading it.
+WORKER = """
+import json, os, sys, time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+import editkit.batch as batch
+from editkit.jobs import Outcome
+
+out, photos = Path(sys.argv[1]), sys.argv[2:]
+rank = int(os.environ["RANK"])
+marker = out.parent / "main-loaded"
+
+
+def load(model, device):
+    if rank == 0:
+        time.sleep(1.0)
+        marker.write_text("")
+        return object()
+    (out.parent / "second-saw").write_text(json.dumps(marker.exists()))
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def edit(pipe, image, source, targets, settings, **kw):
+    grey = Image.new("RGB", (8, 8), (128, 128, 128))
+    return Outcome(grey, [grey for _ in targets])
+
+
+batch.edit_photo_p2p = edit
+job = batch.EditJob(pairs=[("a cat", ["a dog"])], inversion="direct", steps=2, progress=False)
+summary = batch.edit_photos(photos, job, model="m", output=out, device="cpu", load=load)
+group = torch.distributed.distributed_c10d._get_default_group()
+timeout = group._get_backend(torch.device("cpu")).options._timeout
+(out.parent / f"timeout-{rank}").write_text(str(timeout.total_seconds()))
+sys.exit(summary.exit_code)
+"""
+
+
+def test_a_process_out_of_memory_on_the_model_still_leaves_the_summary(photos, tmp_path):
+    """Also: the photos are dealt out in turn, the main process loads the model before the others, and the
+    processes wait for each other far longer than the process group's default (the job was killed)."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = tmp_path / "out"
+    images = [str(photos[f"photo{i}"]) for i in range(4)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [*accelerate_launch(2), str(script), str(out), *images],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    assert re.search(r"exitcode\s*:\s*4 ", proc.stderr), proc.stderr  # photos failed; no crash
+    summary = json.loads((out / "summary.json").read_text())
+    records = summary["inputs"]
+    assert [r["process"] for r in records] == [0, 1, 0, 1]  # dealt out in turn
+    assert [r["ok"] for r in records] == [True, False, True, False]
+    for record in records[1::2]:
+        assert (
+            record["error"].startswith(
+                "not edited: the model could not be loaded on process 2 of 2: "
+                "OutOfMemoryError: CUDA out of memory"
+            )
+            and record["files"] == []
+        )
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(
+        f"photo_{i}_{tag}.png" for i in (0, 2) for tag in ("source", "edit0_a_dog")
+    )
+    assert json.loads((tmp_path / "second-saw").read_text()) is True  # the main process had loaded first
+    for rank in (0, 1):
+        assert float((tmp_path / f"timeout-{rank}").read_text()) == batch.WAIT_LIMIT.total_seconds() >= 3600
+
+
+def test_processes_wait_for_each_other_for_hours(monkeypatch):
+    import accelerate
+
+    made = {}
+
+    class State:
+        def __init__(self, cpu=False, **kwargs):
+            made.update(kwargs, cpu=cpu)
+
+    monkeypatch.setattr(accelerate, "PartialState", State)
+    batch._state("cpu")
+    assert made["cpu"] is True and made["timeout"] == batch.WAIT_LIMIT >= timedelta(hours=1)
+
+
+def test_photos_are_dealt_out_in_turn():
+    photos = list(range(7))
+    assert [batch.share_of(photos, rank, 3) for rank in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert batch.share_of(photos, 0, 1) == photos and batch.share_of([0], 1, 2) == []
