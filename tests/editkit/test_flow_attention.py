@@ -194,9 +194,10 @@ def test_replace_over_every_step_gives_the_target_the_source_maps(model):
 
 
 def test_replace_moves_attention_through_the_mapper_and_keeps_rows_normalised(model):
-    """A word swap whose mapper sends source token 2 to target token 4 and 4 to 2; the rows still sum to 1."""
+    """A mapper sending source tokens 2, 4, 5 to target tokens 4, 5, 2 (not its own transpose); the rows
+    still sum to 1."""
     perm = list(range(TEXT))
-    perm[2], perm[4] = 4, 2
+    perm[2], perm[4], perm[5] = 4, 5, 2
     mapper = torch.eye(TEXT)[perm][None]  # mapper[i, j] = 1 where j = perm[i]
     layer = first_joint(model)
     probe = Probe(layer, probs=True)
