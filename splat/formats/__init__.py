@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from splat.formats import antimatter, compressed_ply, png, sog, spz
-from splat.formats._common import FormatError, from_params
+from splat.formats._common import ZIP_ERRORS, FormatError, from_params
 from splat.formats._layout import read_ply, write_ply
 
 __all__ = ["FORMATS", "FormatError", "format_for_path", "load_gaussians_file", "save_gaussians"]
@@ -69,7 +69,7 @@ def format_for_path(path: str | Path) -> str | None:
                     return "png"
                 if "meta.json" in names and sog.is_sog_meta(json.loads(z.read("meta.json")[: 1 << 24])):
                     return "sog"
-        except (zipfile.BadZipFile, OSError, ValueError, KeyError):
+        except (*ZIP_ERRORS, KeyError):
             return None
     return None
 

@@ -13,6 +13,8 @@ All arrays are numpy, Gaussians in rows. ``Gaussians`` is the codec-side view of
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,19 @@ from splat.formats._layout import PARAM_KEYS, SH_C0
 MAX_GAUSSIANS = 50_000_000
 MAX_SH_DEGREE = 3
 EPS_ALPHA = 1e-6  # opacities are clamped to [eps, 1 - eps] before the logit
+
+
+# what ``zipfile`` raises on a damaged archive (RuntimeError: encrypted members; NotImplementedError:
+# unknown compression or version fields)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    OSError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+    ValueError,
+)
 
 
 class FormatError(ValueError):
@@ -248,10 +263,10 @@ def kmeans(x: np.ndarray, k: int, iters: int = 8, seed: int = 0) -> tuple[np.nda
     labels = torch.zeros(n, dtype=torch.int64)
     for it in range(iters + 1):
         c2 = (centroids * centroids).sum(1)  # [k]
-        for s in range(0, n, 8192):
-            block = data[s : s + 8192]
-            d = c2[None, :] - 2 * block @ centroids.T  # [B, k] (|x|^2 is constant per row)
-            labels[s : s + 8192] = d.argmin(1)
+        ct = centroids.T.contiguous()
+        for s in range(0, n, 1024):
+            d = torch.addmm(c2[None, :], data[s : s + 1024], ct, alpha=-2)  # [B, k]: |c|^2 - 2 x.c
+            labels[s : s + 1024] = d.argmin(1)
         if it == iters:
             break
         sums = torch.zeros_like(centroids).index_add_(0, labels, data)

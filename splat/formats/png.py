@@ -30,6 +30,7 @@ import numpy as np
 from safeio import atomic_path
 from splat.formats._common import (
     MAX_GAUSSIANS,
+    ZIP_ERRORS,
     FormatError,
     Gaussians,
     check_count,
@@ -144,9 +145,11 @@ def _member(z: zipfile.ZipFile, name: str, source: str) -> bytes:
         if info.file_size > MAX_MEMBER:
             raise FormatError(f"{source}: {name} is {info.file_size} bytes, over the limit")
         return z.read(name)
+    except FormatError:
+        raise
     except KeyError:
         raise FormatError(f"{source}: the archive lacks {name}") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except ZIP_ERRORS as e:
         raise FormatError(f"{source}: cannot read {name} ({e})") from None
 
 
@@ -203,7 +206,7 @@ def decode(z: zipfile.ZipFile, source: str) -> Gaussians:
         try:
             with np.load(io.BytesIO(_member(z, "shN.npz", source)), allow_pickle=False) as npz:
                 cent, labels = npz["centroids"], npz["labels"].astype(np.int64).reshape(-1)
-        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
+        except (*ZIP_ERRORS, KeyError) as e:
             raise FormatError(f"{source}: shN.npz is not readable ({e})") from None
         cent = cent.reshape(len(cent), -1)
         if cent.shape[1] != 3 * k or len(labels) != cells or (labels >= len(cent)).any():
@@ -235,7 +238,7 @@ def read(path: str | Path) -> tuple[dict, int]:
     path = Path(path)
     try:
         z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
+    except ZIP_ERRORS as e:
         raise FormatError(f"{path}: not a gsplat PNG archive ({e})") from None
     with z:
         g = decode(z, str(path))

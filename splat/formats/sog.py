@@ -34,6 +34,7 @@ import numpy as np
 from safeio import atomic_path, atomic_write_bytes
 from splat.formats._common import (
     MAX_GAUSSIANS,
+    ZIP_ERRORS,
     FormatError,
     Gaussians,
     check_count,
@@ -167,7 +168,7 @@ class _Source:
             self.meta_name = "meta.json"
             try:
                 self.zip = zipfile.ZipFile(path)
-            except (zipfile.BadZipFile, OSError) as e:
+            except ZIP_ERRORS as e:
                 raise FormatError(f"{self.path}: not a SOG archive ({e})") from None
 
     def read(self, name: str, limit: int = MAX_ARCHIVE_MEMBER) -> bytes:
@@ -185,18 +186,14 @@ class _Source:
             if file.stat().st_size > limit:
                 raise FormatError(f"{self.path}: {name} is over the {limit}-byte limit")
             return file.read_bytes()
+        except FormatError:
+            raise
         except KeyError:
             raise FormatError(f"{self.path}: the SOG lacks {name}") from None
         except FileNotFoundError:
             raise FormatError(f"{self.path}: the SOG lacks {name} beside {self.meta_name}") from None
-        except (zipfile.BadZipFile, OSError, EOFError, zlib_error()) as e:
+        except ZIP_ERRORS as e:
             raise FormatError(f"{self.path}: cannot read {name} ({e})") from None
-
-
-def zlib_error():
-    import zlib
-
-    return zlib.error
 
 
 def _image(src: _Source, name: str, min_texels: int) -> np.ndarray:

@@ -60,6 +60,7 @@ LEGACY_HEADER = struct.Struct("<IIIBBBB")  # 16 bytes
 V4_HEADER = struct.Struct("<IIIBBBBI12s")  # 32 bytes
 MAX_FILE = 4 * 1024**3
 MIN_BYTES_PER_POINT = 9  # positions alone
+MAX_TRAILER = 16 * 1024 * 1024  # extension records after the arrays (versions 1-3)
 MAX_COMPRESSION = 1024  # a payload larger than this many times the file is refused (a zip bomb)
 
 # Sign of each SH coefficient (per band, in the order of the real SH basis: m = -l..l) under
@@ -160,15 +161,19 @@ def _sizes(n: int, version: int, degree: int) -> list[int]:
     ]
 
 
-def _gunzip(raw: bytes, size: int, source: str) -> bytes:
-    """The first ``size`` bytes of the gzip payload (never more: a bomb cannot grow past its header)."""
+def _gunzip(raw: bytes, size: int, source: str, whole: bool = True) -> bytes:
+    """The first ``size`` bytes of the gzip payload (never more: a bomb cannot grow past its header);
+    with ``whole``, the stream must also end within ``MAX_TRAILER`` bytes (extensions) and intact."""
+    d = zlib.decompressobj(wbits=31)
     try:
-        out = zlib.decompressobj(wbits=31).decompress(raw, size)
+        out = d.decompress(raw, size)
+        if whole and len(out) == size:
+            d.decompress(d.unconsumed_tail, MAX_TRAILER)
     except zlib.error as e:
         raise FormatError(f"{source}: the gzip data is corrupt ({e})") from None
-    if len(out) < size:
+    if len(out) < size or (whole and not d.eof):
         what = "an SPZ header" if size == LEGACY_HEADER.size else f"the {size} bytes its header declares"
-        raise FormatError(f"{source}: decompresses to {len(out)} bytes, too short for {what} (truncated?)")
+        raise FormatError(f"{source}: truncated (decompresses to too few bytes for {what} or ends early)")
     return out
 
 
