@@ -125,6 +125,29 @@ def project(
     Returns means2d [C, N, 2] (pixels), conics [C, N, 3] (upper triangle of Sigma'^-1),
     depths [C, N] and integer radii [C, N, 2] (0 where culled), like gsplat's ``fully_fused_projection``.
     """
+    return project_with_compensations(means, covars, viewmats, Ks, width, height, eps2d, near_plane, far_plane)[:4]
+
+
+def project_with_compensations(
+    means: Tensor,  # [N, 3]
+    covars: Tensor,  # [N, 3, 3]
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    eps2d: float,
+    near_plane: float,
+    far_plane: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`project`, plus the anti-aliasing compensations [C, N] (Mip-Splatting's 2D filter).
+
+    The ``eps2d`` low-pass filter dilates every Gaussian: a Gaussian smaller than a pixel grows to about a
+    pixel and, at the same opacity, covers more of the image than it should (the "dilation" Mip-Splatting
+    describes). gsplat's ``rasterize_mode="antialiased"`` multiplies each opacity by
+    ``sqrt(det(Sigma') / det(Sigma' + eps2d I))`` so that the filtered Gaussian keeps the integral of the
+    unfiltered one. Clamped at 0 as gsplat 1.4 - 1.5 does (later gsplat floors it at 0.005^2 before the
+    square root, so that the tiniest Gaussians are not culled outright).
+    """
     R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]  # [C, 3, 3], [C, 3]
     means_c = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]  # [C, N, 3]
     covars_c = R[:, None] @ covars[None] @ R[:, None].transpose(-1, -2)  # [C, N, 3, 3]
@@ -146,6 +169,7 @@ def project(
         z.shape + (2, 3)
     )  # [C, N, 2, 3]
     covars2d = jac @ covars_c @ jac.transpose(-1, -2)  # [C, N, 2, 2]
+    det_orig = covars2d[..., 0, 0] * covars2d[..., 1, 1] - covars2d[..., 0, 1] * covars2d[..., 1, 0]  # [C, N]
     eye = torch.eye(2, dtype=means.dtype, device=means.device)
     covars2d = covars2d + eps2d * eye
 
@@ -153,6 +177,7 @@ def project(
     det = a * c - b * b
     valid = (det > 0) & (z > near_plane) & (z < far_plane)
     det_safe = torch.where(valid, det, torch.ones_like(det))
+    compensations = torch.sqrt(torch.clamp_min(det_orig / det_safe, 0.0))  # [C, N]
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)  # [C, N, 3]
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)  # [C, N, 2]
 
@@ -169,7 +194,7 @@ def project(
         )
         radius[~inside] = 0
         radii = radius.int()
-    return means2d, conics, z, radii
+    return means2d, conics, z, radii, compensations
 
 
 def _tile_intersections(
@@ -214,6 +239,7 @@ def _composite_tiles(
     height: int,
     tile_size: int,
     max_elements: int = 1 << 18,
+    absgrad: Tensor | None = None,  # [N, 2]
 ) -> tuple[Tensor, Tensor]:
     """Front-to-back alpha compositing of one camera -> image [H, W, D], alpha [H, W].
 
@@ -221,6 +247,11 @@ def _composite_tiles(
     depth-sorted Gaussians touching each tile are gathered into a padded ``[T, K]`` index (K = most
     Gaussians on one tile of the chunk), their alphas evaluated as one ``[T, K, P]`` tensor (P pixels
     per tile) and composited with an exclusive cumulative product of ``1 - alpha`` along K.
+
+    ``absgrad``, a buffer [N, 2], receives AbsGS's absolute screen-space gradient during the backward
+    pass: for each Gaussian, ``sum over pixels |dL/d mean2d|`` taken per pixel and per axis before the sum
+    (the plain gradient sums the signed per-pixel terms, which cancel across an edge). A pixel's term is
+    the gradient reaching its offset ``dx`` / ``dy`` (``d dx / d mean2d_x = 1``), read by a tensor hook.
     """
     D = rgb.shape[-1]
     dev, dtype = means2d.device, means2d.dtype
@@ -279,6 +310,8 @@ def _composite_tiles(
         con = conics[slot]  # [t, K, 3]
         dx = mu[..., 0:1] - px[tiles, None, :]  # [t, K, P]
         dy = mu[..., 1:2] - py[tiles, None, :]
+        if absgrad is not None and dx.requires_grad:
+            _add_abs_grad_hooks(dx, dy, slot, valid, absgrad)
         sigma = 0.5 * (con[..., 0:1] * dx * dx + con[..., 2:3] * dy * dy) + con[..., 1:2] * dx * dy
         alpha = torch.clamp_max(opacities[slot][..., None] * torch.exp(-sigma), ALPHA_MAX)  # [t, K, P]
         keep = (sigma >= 0) & (alpha >= ALPHA_MIN) & valid[..., None]
@@ -300,6 +333,21 @@ def _composite_tiles(
     return untile(torch.cat(out_img)[unsort]), untile(torch.cat(out_acc)[unsort])
 
 
+def _add_abs_grad_hooks(dx: Tensor, dy: Tensor, slot: Tensor, valid: Tensor, absgrad: Tensor) -> None:
+    """During backward, add ``sum_p |dL/d dx[t, k, p]|`` (and dy) to ``absgrad[slot[t, k]]`` [N, 2]."""
+    rows, cols = slot[valid], torch.zeros_like(slot[valid])
+
+    def hook(axis: int):
+        def add(grad: Tensor) -> None:  # grad [t, K, P]
+            per_pair = grad.abs().sum(-1)[valid]  # [pairs] summed over the tile's pixels
+            absgrad.index_put_((rows, cols + axis), per_pair.to(absgrad.dtype), accumulate=True)
+
+        return add
+
+    dx.register_hook(hook(0))
+    dy.register_hook(hook(1))
+
+
 def rasterize_torch(
     means: Tensor,  # [N, 3]
     quats: Tensor,  # [N, 4] wxyz
@@ -316,13 +364,32 @@ def rasterize_torch(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     tile_size: int = 8,
+    rasterize_mode: str = "classic",
+    absgrad: bool = False,
+    render_mode: str = "RGB",
 ) -> tuple[Tensor, Tensor, dict]:
-    """Render C images; returns colours [C, H, W, D], alphas [C, H, W, 1] and a gsplat-like meta dict."""
+    """Render C images; returns colours [C, H, W, D], alphas [C, H, W, 1] and a gsplat-like meta dict.
+
+    ``rasterize_mode="antialiased"`` scales each opacity by its compensation (see
+    :func:`project_with_compensations`; the meta dict then holds ``compensations`` [C, N]).
+    ``absgrad=True`` sets ``meta["means2d"].absgrad`` [C, N, 2] once backward has run (see
+    :func:`_composite_tiles`), where gsplat's ``DefaultStrategy(absgrad=True)`` reads it.
+    ``render_mode="RGB+ED"`` appends the expected depth ``sum_i w_i z_i / sum_i w_i`` as a last channel
+    (``w_i = alpha_i T_i``), as gsplat does; ``"RGB"`` renders colours only.
+    """
+    if rasterize_mode not in ("classic", "antialiased"):
+        raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
+    if render_mode not in ("RGB", "RGB+ED"):
+        raise ValueError(f"render_mode must be 'RGB' or 'RGB+ED', got {render_mode!r}")
     C = viewmats.shape[0]
     covars = covariance_3d(quats, scales)  # [N, 3, 3]
-    means2d, conics, depths, radii = project(
+    means2d, conics, depths, radii, compensations = project_with_compensations(
         means, covars, viewmats, Ks, width, height, eps2d, near_plane, far_plane
     )
+    opacities_c = opacities[None].expand(C, -1)  # [C, N]
+    if rasterize_mode == "antialiased":
+        opacities_c = opacities_c * compensations
+    absgrads = torch.zeros_like(means2d.detach()) if absgrad else None  # [C, N, 2]
 
     if sh_degree is not None:
         campos = -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])  # [C, 3]
@@ -331,14 +398,20 @@ def rasterize_torch(
         rgb = torch.clamp_min(rgb + 0.5, 0.0)
     else:
         rgb = colors[None].expand(C, -1, -1)  # [C, N, D]
+    n_color = rgb.shape[-1]
+    if render_mode == "RGB+ED":
+        rgb = torch.cat([rgb, depths[..., None]], dim=-1)  # [C, N, D + 1]
 
     images, alphas = [], []
     for ci in range(C):
         img, acc = _composite_tiles(
-            means2d[ci], conics[ci], depths[ci], radii[ci], opacities, rgb[ci], width, height, tile_size
+            means2d[ci], conics[ci], depths[ci], radii[ci], opacities_c[ci], rgb[ci], width, height, tile_size,
+            absgrad=None if absgrads is None else absgrads[ci],
         )
+        if render_mode == "RGB+ED":  # expected depth: normalised by the accumulated alpha
+            img = torch.cat([img[..., :n_color], img[..., n_color:] / acc[..., None].clamp_min(1e-10)], dim=-1)
         if backgrounds is not None:
-            img = img + (1 - acc)[..., None] * backgrounds[ci]
+            img = torch.cat([img[..., :n_color] + (1 - acc)[..., None] * backgrounds[ci], img[..., n_color:]], -1)
         images.append(img)
         alphas.append(acc[..., None])
 
@@ -352,4 +425,8 @@ def rasterize_torch(
         "n_cameras": C,
         "gaussian_ids": None,
     }
+    if rasterize_mode == "antialiased":
+        meta["compensations"] = compensations
+    if absgrads is not None:
+        means2d.absgrad = absgrads  # filled in by the backward pass (as gsplat's CUDA backward does)
     return torch.stack(images), torch.stack(alphas), meta

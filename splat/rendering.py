@@ -28,6 +28,8 @@ def rasterize(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     absgrad: bool = False,
+    rasterize_mode: Literal["classic", "antialiased"] = "classic",
+    render_mode: Literal["RGB", "RGB+ED"] = "RGB",
 ) -> tuple[Tensor, Tensor, dict]:
     """Rasterize N 3D Gaussians into C pinhole images.
 
@@ -45,6 +47,11 @@ def rasterize(
         backgrounds: colour behind the Gaussians. [C, D]
         backend: ``"gsplat"`` (CUDA), ``"torch"`` (reference, any device) or ``"auto"`` (gsplat for CUDA
             tensors, torch otherwise).
+        absgrad: also accumulate AbsGS's absolute screen-space gradient into ``meta["means2d"].absgrad``
+            [C, N, 2] during backward (what ``DefaultStrategy(absgrad=True)`` grows on).
+        rasterize_mode: ``"antialiased"`` multiplies each opacity by Mip-Splatting's compensation
+            ``sqrt(det Sigma'_raw / det(Sigma'_raw + eps2d I))``; ``"classic"`` is the original 3DGS.
+        render_mode: ``"RGB+ED"`` appends the expected depth (normalised by alpha) as a last channel.
 
     Each pixel is ``sum_i c_i alpha_i prod_{j<i} (1 - alpha_j)`` over the depth-sorted Gaussians, with
     ``alpha_i = o_i exp(-1/2 d^T Sigma'^-1 d)`` and ``Sigma' = J W Sigma W^T J^T + eps2d I``.
@@ -57,13 +64,16 @@ def rasterize(
     if backend == "auto":
         backend = "gsplat" if means.is_cuda else "torch"
     args = (means, quats, scales, opacities, colors, viewmats, Ks, width, height)
-    kwargs = dict(sh_degree=sh_degree, backgrounds=backgrounds, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d)
+    kwargs = dict(
+        sh_degree=sh_degree, backgrounds=backgrounds, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+        absgrad=absgrad, rasterize_mode=rasterize_mode, render_mode=render_mode,
+    )
     if backend == "gsplat":
         if not means.is_cuda:
             raise ValueError("backend='gsplat' needs CUDA tensors; use backend='torch' on CPU")
         from gsplat import rasterization  # lazy: importing is CUDA-free, but keep start-up light
 
-        return rasterization(*args, **kwargs, packed=False, absgrad=absgrad)
+        return rasterization(*args, **kwargs, packed=False)
     if backend == "torch":
         return rasterize_torch(*args, **kwargs)
     raise ValueError(f"unknown backend {backend!r}; expected 'auto', 'gsplat' or 'torch'")
