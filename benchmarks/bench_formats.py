@@ -46,7 +46,7 @@ def train_short(scene: Path, out: Path, steps: int, max_width: int) -> Trainer:
         PRESETS["cpu-small"], out=out, device="cpu", steps=s, max_width=max_width, init_scale=1.0,
         means_lr_steps=s, sh_degree_interval=max(s // 4, 1), refine_start=s // 10, refine_stop=s // 2,
         refine_every=max(s // 10, 1), reset_every=s // 3 if s >= 450 else 0, eval_steps=(s,), save_steps=(s,),
-        ckpt_every=0, save_renders=False, lpips=False, progress=False,
+        ckpt_every=0, save_renders=False, lpips=False, progress=False, schedule_steps=0,  # as written
     )  # fmt: skip
     trainer = Trainer(scene, cfg)
     trainer.train()

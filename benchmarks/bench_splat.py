@@ -4,6 +4,13 @@
     python benchmarks/bench_splat.py --full     # GPU: the 30k-step schedule at standard resolution
     python benchmarks/bench_splat.py --full --steps 7000   # GPU: the same schedule, stopped and scored at 7k
     python benchmarks/bench_splat.py --init-only   # SfM-initialisation timing only
+    python benchmarks/bench_splat.py --variants base base+absgrad quality --steps 600   # quality options
+
+``--variants`` trains each scene once per variant, at equal steps: ``base`` is the bench's own
+configuration (CPU: the cpu-small preset at --max-width; --full: the default preset), ``base+OPT+OPT``
+turns quality options on (absgrad, antialiased, bilateral_grid, depth_loss), and ``quality`` is base plus
+the quality preset's options. Variants run the preset's schedule scaled to --steps (its schedule_steps),
+so that a short run keeps the preset's shape (with --full and --steps below 30k as well).
 
 Every run first times the SfM initialisation (nearest-neighbour scales + parameters) on random points at
 10k and 40k, with the KD-tree and with the all-pairs distances it replaced (``--no-brute-force`` skips the
@@ -28,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from splat.config import PRESETS  # noqa: E402
+from splat.config import PRESETS, TrainConfig  # noqa: E402
 from splat.trainer import Trainer, init_gaussians, knn_sq_dist  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,11 +86,52 @@ def bench_init(sizes=(10_000, 40_000), brute_force: bool = True) -> list[dict]:
     return rows
 
 
+QUALITY_OPTIONS = ("absgrad", "antialiased", "bilateral_grid", "depth_loss")
+
+
+def variant_config(base: TrainConfig, variant: str) -> TrainConfig:
+    """``base``, ``base+opt+opt`` or ``quality`` (base with the quality preset's options on)."""
+    if variant == "quality":
+        q = PRESETS["quality"]
+        return dataclasses.replace(base, **{k: getattr(q, k) for k in QUALITY_OPTIONS})
+    head, *opts = variant.split("+")
+    if head != "base" or any(o not in QUALITY_OPTIONS for o in opts):
+        raise SystemExit(f"bad variant {variant!r}: use base, quality or base+OPT[+OPT] with OPT in {QUALITY_OPTIONS}")
+    return dataclasses.replace(base, **{o: True for o in opts})
+
+
 def emit(row: dict, results: Path | None) -> None:
     print(json.dumps(row), flush=True)
     if results is not None:
         with open(results, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def run_one(args, name: str, cfg: TrainConfig) -> dict:
+    """Train ``cfg`` on scene ``name``; one result row."""
+    if args.full:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    scene = REPO / "assets" / "demo" if name == "demo" else args.scenes_dir / name  # demo: the repository's
+    trainer = Trainer(scene, cfg)
+    result = trainer.train()
+    wall = time.perf_counter() - t0
+    m0, m1 = result.metrics["0"] if "0" in result.metrics else {}, result.metrics[str(result.steps)]
+    row = {
+        "scene": name,
+        "device": "cuda" if args.full else "cpu",
+        "steps": result.steps,
+        "image_width": trainer.train_set.size(0)[0],
+        "psnr_init": m0.get("psnr"),
+        "psnr": m1["psnr"],
+        "ssim": m1["ssim"],
+        "lpips": m1.get("lpips"),
+        "num_gaussians": result.num_gaussians,
+        "wall_s": round(wall, 1),
+        "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if args.full else None,
+        "ckpt_bytes_per_gaussian": round(result.checkpoint.stat().st_size / result.num_gaussians, 1),
+    }
+    return row
 
 
 def main() -> None:
@@ -102,6 +150,9 @@ def main() -> None:
     ap.add_argument("--no-brute-force", action="store_true", help="skip the all-pairs knn baseline (slow)")
     ap.add_argument("--results", type=Path, default=None, help="append every row to this file (JSON lines)")
     ap.add_argument("--progress", action="store_true", help="show the trainer's progress bar (loss, Gaussians)")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="base, quality or base+OPT[+OPT] (OPT: absgrad, antialiased, bilateral_grid, depth_loss); "
+                         "schedules scaled to --steps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads) if not args.full else None
     if args.full and not torch.cuda.is_available():
@@ -112,11 +163,29 @@ def main() -> None:
         return
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-splat-"))
     rows = []
+    if args.variants:
+        for name in args.scenes:
+            for variant in args.variants:
+                if args.full:
+                    base = dataclasses.replace(PRESETS["default"], device="cuda", steps=args.steps or 30_000)
+                else:
+                    base = dataclasses.replace(PRESETS["cpu-small"], device="cpu", steps=args.steps or 600,
+                                               max_width=args.max_width)
+                base = dataclasses.replace(base, out=root / name / variant, progress=args.progress, ckpt_every=0,
+                                           save_renders=False, lpips=args.full)
+                cfg = variant_config(base, variant)
+                row = run_one(args, name, cfg)
+                row["variant"] = variant
+                rows.append(row)
+                emit(row, args.results)
+        print(f"outputs in {root}")
+        return
     for name in args.scenes:
         if args.full:
             # The preset's 30k schedule (learning-rate decay, densification until 15k) as it is: with --steps
             # the run stops there, as the original's 7k figures are its 30k run scored at 7k.
-            cfg = dataclasses.replace(PRESETS["default"], out=root / name, device="cuda", progress=args.progress)
+            cfg = dataclasses.replace(PRESETS["default"], out=root / name, device="cuda", progress=args.progress,
+                                      schedule_steps=0)  # the 30k schedule as it is, stopped at --steps
             if args.steps is not None:
                 cfg = dataclasses.replace(cfg, steps=args.steps, eval_steps=(0, args.steps),
                                           save_steps=(args.steps,), ckpt_every=0)  # fmt: skip
@@ -131,28 +200,9 @@ def main() -> None:
                 init_scale=1.0, means_lr_steps=s, sh_degree_interval=max(s // 4, 1), refine_start=s // 10,
                 refine_stop=s // 2, refine_every=max(s // 10, 1), reset_every=reset, eval_steps=(0, s),
                 save_steps=(s,), ckpt_every=0, save_renders=False, lpips=False, progress=args.progress,
+                schedule_steps=0,  # the schedule above, as written
             )  # fmt: skip
-        if args.full:
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        trainer = Trainer(args.scenes_dir / name, cfg)
-        result = trainer.train()
-        wall = time.perf_counter() - t0
-        m0, m1 = result.metrics["0"] if "0" in result.metrics else {}, result.metrics[str(result.steps)]
-        row = {
-            "scene": name,
-            "device": "cuda" if args.full else "cpu",
-            "steps": result.steps,
-            "image_width": trainer.train_set.size(0)[0],
-            "psnr_init": m0.get("psnr"),
-            "psnr": m1["psnr"],
-            "ssim": m1["ssim"],
-            "lpips": m1.get("lpips"),
-            "num_gaussians": result.num_gaussians,
-            "wall_s": round(wall, 1),
-            "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if args.full else None,
-            "ckpt_bytes_per_gaussian": round(result.checkpoint.stat().st_size / result.num_gaussians, 1),
-        }
+        row = run_one(args, name, cfg)
         rows.append(row)
         emit(row, args.results)
     print(f"outputs in {root}")

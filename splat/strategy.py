@@ -61,7 +61,8 @@ class Densifier:
         if kind == "default":
             self.strategy = DefaultStrategy(
                 prune_opa=cfg.prune_opa,
-                grow_grad2d=cfg.grow_grad2d,
+                # AbsGS grows on the absolute gradient, whose sums are larger: its own threshold
+                grow_grad2d=cfg.absgrad_grow_grad2d if cfg.absgrad else cfg.grow_grad2d,
                 grow_scale3d=cfg.grow_scale3d,
                 prune_scale3d=cfg.prune_scale3d,
                 refine_start_iter=cfg.refine_start,
@@ -70,7 +71,7 @@ class Densifier:
                 # also used by gsplat to enable pruning of large Gaussians after the first reset;
                 # a huge value when resets are disabled
                 reset_every=reset_every if reset_every > 0 else 1 << 40,
-                absgrad=False,
+                absgrad=cfg.absgrad,
                 revised_opacity=False,
                 verbose=False,
             )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import shlex
 import signal
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from safeio import remove_stale_temps
+from splat import appearance
 from splat.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -48,10 +50,13 @@ from splat.config import (
     TrainConfig,
     apply_overrides,
     config_to_dict,
+    scaled_schedule,
     scene_config,
+    schedule_warnings,
     validate,
 )
 from splat.data import ViewDataset, camera_extent, split_indices
+from splat.depth import disparity_l1, sample_depth, sparse_depths
 from splat.distributed import SINGLE, DistContext
 from splat.metrics import _load_lpips, psnr, ssim
 from splat.outputs import (
@@ -79,6 +84,8 @@ class TrainResult:
     steps: int = 0
     elapsed_s: float = 0.0
 
+
+log = logging.getLogger(__name__)
 
 LOG_EVERY = 10
 """Steps between host synchronisations: the progress display and the divergence check (the GPU is
@@ -296,6 +303,10 @@ class Trainer:
         """
         # 1. Check inputs (nothing is written before they all pass, except the undistortion cache)
         validate(cfg)
+        if cfg.resume is None and checkpoint is None:  # a resumed run keeps its checkpoint's schedule
+            cfg = scaled_schedule(cfg)
+            for note in schedule_warnings(cfg):
+                log.warning(note)
         self.scene = Path(scene)
         self.cfg = cfg
         self.dist = dist if dist is not None else SINGLE
@@ -358,6 +369,19 @@ class Trainer:
                 start = torch.logit(self.background.clamp(1e-3, 1 - 1e-3))
             self.background_logit = torch.nn.Parameter(start)
             self.background_optimizer = torch.optim.Adam([self.background_logit], lr=cfg.background_lr, eps=cfg.adam_eps)
+        # cfg.bilateral_grid: one grid per training image (splat.appearance), trained with the Gaussians
+        self.appearance: appearance.BilateralGrids | None = None
+        if cfg.bilateral_grid:
+            if self.dist.enabled:
+                raise ConfigError("bilateral_grid needs a single-process run (the grids' gradients are not "
+                                  "averaged across ranks, as in gsplat); drop bilateral_grid or run one process")
+            self.appearance = appearance.BilateralGrids(len(self.train_set)).to(self.device)
+            self.appearance_optimizer = torch.optim.Adam(self.appearance.parameters(), lr=appearance.LR, eps=1e-15)
+            saved = source.get("appearance") if source is not None else None
+            if isinstance(saved, Tensor) and saved.shape == self.appearance.grids.shape:
+                with torch.no_grad():
+                    self.appearance.grids.copy_(saved.to(self.device))
+        self._depth_targets: dict[int, tuple[Tensor, Tensor]] = {}  # cfg.depth_loss: view -> (pixels, depths)
         # saved under "extras" in every checkpoint (plain data and tensors): what a caller driving the
         # training needs to resume it (splat.edit keeps its edited training images here)
         self.checkpoint_extras: dict = {}
@@ -434,8 +458,11 @@ class Trainer:
         img, alpha, meta = self.render_views(K[None], viewmat[None], width, height, sh_degree)
         return img[0], alpha[0], meta
 
-    def render_views(self, Ks: Tensor, viewmats: Tensor, width: int, height: int, sh_degree: int):
-        """Render C views in one call -> (images [C, H, W, 3], alpha [C, H, W, 1], meta).
+    def render_views(
+        self, Ks: Tensor, viewmats: Tensor, width: int, height: int, sh_degree: int, depth: bool = False
+    ):
+        """Render C views in one call -> (images [C, H, W, 3], alpha [C, H, W, 1], meta); with ``depth``
+        the images have a 4th channel, the expected depth.
 
         Sets ``_gaussians_in_view``: False when every Gaussian was culled (nothing of them reaches a loss,
         though a learned background still does)."""
@@ -455,10 +482,13 @@ class Trainer:
             sh_degree=sh_degree,
             backgrounds=None if learned else self.background[None].expand(len(viewmats), -1),
             backend=self.cfg.backend,
+            rasterize_mode="antialiased" if self.cfg.antialiased else "classic",
+            absgrad=self.cfg.absgrad and torch.is_grad_enabled(),
+            render_mode="RGB+ED" if depth else "RGB",
         )
         self._gaussians_in_view = img.requires_grad
         if learned:  # composited here, the same formula on every backend, with a gradient to the colour
-            img = img + (1 - alpha) * self.current_background()
+            img = torch.cat([img[..., :3] + (1 - alpha) * self.current_background(), img[..., 3:]], dim=-1)
         return img, alpha, meta
 
     def active_sh_degree(self, step: int) -> int:
@@ -577,10 +607,22 @@ class Trainer:
             lr_means *= self.lr_scale
             set_lr(self.optimizers, "means", lr_means)
 
-            img, _, info = self.render_views(K, viewmat, width, height, self.active_sh_degree(step))
+            img, _, info = self.render_views(
+                K, viewmat, width, height, self.active_sh_degree(step), depth=cfg.depth_loss
+            )
             self.densifier.step_pre_backward(self.params, self.optimizers, step, info)
+            depth_maps = img[..., 3] if cfg.depth_loss else None  # [C, H, W]
+            img = img[..., :3]
+            if self.appearance is not None:  # training views only: each through its own image's grid
+                img = self.appearance(img, torch.tensor(views, device=self.device))
             losses = [self._photo_loss(img[i], gt[i]) for i in range(len(views))]
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()  # mean over the views
+            if self.appearance is not None:
+                loss = loss + appearance.TV_WEIGHT * self.appearance.tv_loss()
+                set_group_lr(self.appearance_optimizer, appearance.LR * appearance.lr_factor(
+                    step, cfg.steps, warmup=max(1, round(appearance.WARMUP_STEPS * min(1.0, cfg.steps / 30_000)))))
+            if depth_maps is not None:
+                loss = loss + cfg.depth_lambda * self._depth_loss(depth_maps, views, K, viewmat, width, height)
             if cfg.strategy == "mcmc":
                 loss = loss + cfg.opacity_reg * torch.sigmoid(self.params["opacities"]).mean()
                 loss = loss + cfg.scale_reg * torch.exp(self.params["scales"]).mean()
@@ -603,6 +645,9 @@ class Trainer:
             if self.background_logit is not None:
                 self.background_optimizer.step()
                 self.background_optimizer.zero_grad(set_to_none=True)
+            if self.appearance is not None:
+                self.appearance_optimizer.step()
+                self.appearance_optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 self._track_finite(step, loss)
                 mse = (img.detach().clamp(0, 1) - gt).square().mean()
@@ -661,6 +706,21 @@ class Trainer:
         if self.background_logit is None:
             return self.params
         return {**dict(self.params.items()), "background": self.background_logit}
+
+    def _depth_loss(
+        self, depth_maps: Tensor, views: list[int], Ks: Tensor, viewmats: Tensor, width: int, height: int
+    ) -> Tensor:
+        """gsplat's depth loss, mean over the step's views: disparity L1 at the SfM points of each view."""
+        if "points" not in self.__dict__.get("_sfm", {}):
+            self._sfm = {"points": torch.from_numpy(self.model.points).float().to(self.device)}
+        terms = []
+        for c, v in enumerate(views):
+            if v not in self._depth_targets:
+                self._depth_targets[v] = sparse_depths(self._sfm["points"], viewmats[c], Ks[c], width, height)
+            uv, target = self._depth_targets[v]
+            if len(target):
+                terms.append(disparity_l1(sample_depth(depth_maps[c], uv), target, self.extent))
+        return torch.stack(terms).mean() if terms else depth_maps.sum() * 0.0
 
     def _photo_loss(self, img: Tensor, gt: Tensor) -> Tensor:
         """(1 - ssim_lambda) * L1 + ssim_lambda * (1 - SSIM) of one view [H, W, 3]."""
@@ -816,6 +876,9 @@ class Trainer:
         }
         if self.checkpoint_extras:
             ckpt["extras"] = dict(self.checkpoint_extras)
+        if self.appearance is not None:  # training-photo appearance: checkpoints only, never exports
+            ckpt["appearance"] = self.appearance.grids.detach().cpu()
+            ckpt["appearance_optimizer"] = self.appearance_optimizer.state_dict()
         if self.background_logit is not None:
             ckpt["background_logit"] = self.background_logit.detach().cpu()
             ckpt["background_optimizer"] = self.background_optimizer.state_dict()
@@ -838,6 +901,10 @@ class Trainer:
                 self.background_optimizer = torch.optim.Adam([self.background_logit], lr=self.cfg.background_lr,
                                                              eps=self.cfg.adam_eps)
                 self.background_optimizer.load_state_dict(ckpt["background_optimizer"])
+            if self.appearance is not None:
+                with torch.no_grad():
+                    self.appearance.grids.copy_(ckpt["appearance"].to(self.device))
+                self.appearance_optimizer.load_state_dict(ckpt["appearance_optimizer"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             if ckpt["rng"]["cuda"] is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
@@ -847,6 +914,11 @@ class Trainer:
         self.step = int(ckpt["step"])
         if self.step > self.cfg.steps:
             raise ConfigError(f"checkpoint {source} is at step {self.step}, beyond steps={self.cfg.steps}")
+
+
+def set_group_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def params_from_checkpoint(
