@@ -14,16 +14,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from safeio import atomic_path
+from splat.scene.views import scene_fingerprint  # noqa: F401  (re-exported: what a checkpoint records)
 
 FORMAT = "splat-ckpt-1"
 BYTES_PER_GAUSSIAN_SH3 = 720  # measured: see the module docstring
@@ -67,17 +66,6 @@ def write_checkpoint(path: str | Path, ckpt: dict) -> None:
     """``torch.save`` straight into a temporary file beside ``path``, then rename (see ``safeio``)."""
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
-
-
-def scene_fingerprint(views: Iterable) -> str:
-    """SHA-256 of every view's name, size, intrinsics and pose (rounded to 1e-6): what a checkpoint was
-    trained on. ``views`` are :class:`splat.colmap.View` objects (``name, K, width, height, cam_from_world``)."""
-    h = hashlib.sha256()
-    for v in sorted(views, key=lambda v: v.name):
-        h.update(f"{v.name}\0{v.width}x{v.height}\0".encode())
-        h.update(np.round(np.asarray(v.K, dtype=np.float64), 6).tobytes())
-        h.update(np.round(np.asarray(v.cam_from_world, dtype=np.float64), 6).tobytes())
-    return h.hexdigest()
 
 
 def check_scene(ckpt: dict, fingerprint: str, checkpoint: str | Path, scene: Path) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-SH_C0 = 0.28209479177387814
-PARAM_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+from splat.gaussians import PARAM_KEYS  # noqa: F401  (defined torch-free in the package)
+from splat.render._torch_impl import SH_C0
 
 
 def rgb_to_sh(rgb: Tensor) -> Tensor:

@@ -1,12 +1,12 @@
 """One picture of the Gaussians from one camera, in a viewer's render modes.
 
-    rgb      the splatted colours over the background (``splat.rendering.rasterize``, SH evaluated)
+    rgb      the splatted colours over the background (``splat.render.rasterization.rasterize``, SH evaluated)
     depth    expected depth ``sum_i w_i z_i / sum_i w_i`` (the same blending weights ``w_i`` as the colour,
              with the camera-space depth ``z_i`` as a one-channel feature), near = bright, colour-mapped
     alpha    the accumulated opacity ``sum_i w_i`` as grey
     centres  the Gaussian centres projected as dots in their DC colour, nearer ones drawn last
 
-All go through :func:`splat.rendering.rasterize` (gsplat on CUDA, the reference twin on CPU) except
+All go through :func:`splat.render.rasterization.rasterize` (gsplat on CUDA, the reference twin on CPU) except
 ``centres``, which is a plain projection. Output: ``uint8 [H, W, 3]`` numpy, ready for a browser or a video.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from splat.params import SH_C0
-from splat.rendering import Backend, rasterize
+from splat.render._torch_impl import SH_C0
+from splat.render.rasterization import Backend, rasterize
 
 RenderMode = Literal["rgb", "depth", "alpha", "centres"]
 RENDER_MODES = ("rgb", "depth", "alpha", "centres")

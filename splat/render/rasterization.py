@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from splat._torch_impl import rasterize_torch
+from splat.render._torch_impl import rasterize_torch
 
 Backend = Literal["auto", "gsplat", "torch"]
 

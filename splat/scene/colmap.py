@@ -622,7 +622,7 @@ def undistort_to_cache(model_dir: Path, image_dir: Path, cache_root: Path) -> Pa
 
 
 def upright_image_dir(scene: Path, image_dir: Path, names: list[str], cache_dir: str | Path | None) -> Path:
-    """The folder of upright copies that ``splat.sfm.prepare`` wrote for EXIF-rotated photos
+    """The folder of upright copies that ``splat.scene.sfm.prepare`` wrote for EXIF-rotated photos
     (``default_cache_dir(scene)/sfm/upright``, ``CACHE/upright``, or the older ``SCENE/.splat_cache/upright``)
     when it holds an up-to-date copy of every image in ``names``; else ``image_dir``. SfM ran on those
     copies, so the model's pixels are theirs."""

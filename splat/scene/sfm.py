@@ -5,7 +5,7 @@
     SCENE/images/*.jpg  ->  SIFT features  ->  matching  ->  incremental mapping  ->  SCENE/sparse/0/*.bin
 
 The database and other intermediate files live in a cache folder outside the scene (`cache_dir`, by
-default `splat.colmap.default_cache_dir(SCENE)/sfm`: `$SPLAT_CACHE_DIR/scenes/NAME-HASH/sfm` or
+default `splat.scene.colmap.default_cache_dir(SCENE)/sfm`: `$SPLAT_CACHE_DIR/scenes/NAME-HASH/sfm` or
 `~/.cache/splat/scenes/NAME-HASH/sfm`) that a rerun reuses: features of unchanged images are not extracted
 again and image pairs that were already matched are not matched again.
 
@@ -20,7 +20,7 @@ models included); undistortion is the trainer's job (`splat/colmap.py`).
 Example:
 
     >>> from pathlib import Path
-    >>> from splat.sfm import PrepareConfig, prepare
+    >>> from splat.scene.sfm import PrepareConfig, prepare
     >>> summary = prepare(Path("scene"), PrepareConfig(camera_model="SIMPLE_PINHOLE"))
     >>> summary.num_registered, summary.num_images
     (36, 36)
@@ -47,7 +47,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from safeio import OwnershipError, atomic_path, atomic_write_text, make_owned_dir, remove_owned_dir
-from splat.colmap import CACHE_OWNER, default_cache_dir, stderr_to
+from splat.scene.colmap import CACHE_OWNER, default_cache_dir, stderr_to
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 # EXIF tag numbers (PIL.ExifTags.Base): orientation, and what tells two cameras apart.

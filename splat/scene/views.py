@@ -11,16 +11,19 @@ original's ``llffhold = 8``; ``test_every = 0`` trains on everything.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from splat.colmap import SceneError, SceneModel, View
+from splat.scene.colmap import SceneError, SceneModel, View, load_scene
 
 
 @dataclass
@@ -100,7 +103,7 @@ class ViewDataset:
 
     def replace_image(self, i: int, image: Tensor) -> None:
         """Hold ``image`` (uint8 ``[H, W, 3]`` of the view's size) for view ``i`` instead of its photo (the
-        dataset update of :mod:`splat.edit`); the file on disk is untouched."""
+        dataset update of :mod:`splat.edit.dataset_update`); the file on disk is untouched."""
         w, h = self.size(i)
         if image.dtype != torch.uint8 or tuple(image.shape) != (h, w, 3):
             raise ValueError(f"view {i} needs a uint8 image of shape ({h}, {w}, 3), got {image.dtype} {tuple(image.shape)}")
@@ -138,3 +141,48 @@ def camera_extent(model: SceneModel, indices: list[int]) -> float:
     c = np.stack(centres)
     radius = float(np.linalg.norm(c - c.mean(0), axis=1).max()) * 1.1
     return radius if radius > 0 else 1.0
+
+
+def scene_fingerprint(views: Iterable) -> str:
+    """SHA-256 of every view's name, size, intrinsics and pose (rounded to 1e-6): what a checkpoint was
+    trained on. ``views`` are :class:`splat.scene.colmap.View` objects (``name, K, width, height, cam_from_world``)."""
+    h = hashlib.sha256()
+    for v in sorted(views, key=lambda v: v.name):
+        h.update(f"{v.name}\0{v.width}x{v.height}\0".encode())
+        h.update(np.round(np.asarray(v.K, dtype=np.float64), 6).tobytes())
+        h.update(np.round(np.asarray(v.cam_from_world, dtype=np.float64), 6).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class SceneSplit:
+    """A scene read for a run: its COLMAP model, training and held-out views, extent and fingerprint."""
+
+    model: SceneModel
+    train_set: ViewDataset
+    test_set: ViewDataset
+    extent: float  # the original's scene radius over the training cameras
+    fingerprint: str  # what a checkpoint records (scene_fingerprint)
+
+
+def load_split(
+    scene: str | Path,
+    *,
+    images: str = "images",
+    cache_dir: str | Path | None = None,
+    downscale: float = 1.0,
+    max_width: int = 1600,
+    test_every: int = 8,
+) -> SceneSplit:
+    """Read ``scene`` (``load_scene``), split it (every ``test_every``-th view held out) and decode every image
+    now, so that a broken file fails before anything runs. The settings are a run's (``TrainConfig``)."""
+    scene = Path(scene)
+    model = load_scene(scene, images=images, cache_dir=cache_dir)
+    train_idx, test_idx = split_indices(len(model.views), test_every)
+    if not train_idx:
+        raise SceneError(f"scene {scene} has no training views left after holding out test views")
+    train_set = ViewDataset([model.views[i] for i in train_idx], downscale, max_width)
+    test_set = ViewDataset([model.views[i] for i in test_idx], downscale, max_width)
+    for ds in (train_set, test_set):
+        ds.preload()  # decode every image now: a broken file fails before step 1
+    return SceneSplit(model, train_set, test_set, camera_extent(model, train_idx), scene_fingerprint(model.views))

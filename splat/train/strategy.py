@@ -4,7 +4,7 @@
   original's opacity reset: every ``reset_every`` steps while densifying, opacities become
   ``min(opacity, reset_value)`` (through the inverse sigmoid) and their Adam moments are zeroed, once
   per period. gsplat itself resets to ``2 * prune_opa`` in every version but 1.5.3, where a precedence bug
-  disables it (``splat._gsplat``). So: under 1.5.3 :class:`Densifier` does the reset; elsewhere gsplat
+  disables it (``splat.train._gsplat``). So: under 1.5.3 :class:`Densifier` does the reset; elsewhere gsplat
   does it, and :class:`Densifier` adds a second clamp only when ``reset_value < 2 * prune_opa``
   (``min(min(o, a), b) = min(o, b)`` for ``b <= a``: the same as one reset to ``reset_value``). A
   ``reset_value`` above ``2 * prune_opa`` cannot be honoured there and is refused.
@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from splat import _gsplat
-from splat._torch_impl import covariance_3d
 from splat.config import DensifyConfig
+from splat.render._torch_impl import covariance_3d
+from splat.train import _gsplat
 
 
 class Densifier:
@@ -49,7 +49,7 @@ class Densifier:
         self.refine_stop = cfg.refine_stop
         self.gsplat_version = _gsplat.installed_version()
         # distributed runs: called as sync(state, info) -> info right before a refine step of the default
-        # strategy (splat.distributed.DistContext.sync_densify); None on one process
+        # strategy (splat.train.distributed.DistContext.sync_densify); None on one process
         self.sync = None
         self.gsplat_resets = kind == "default" and _gsplat.gsplat_resets_opacity(self.gsplat_version)
         if self.gsplat_resets and reset_every > 0 and cfg.reset_value > 2 * cfg.prune_opa:

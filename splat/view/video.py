@@ -16,16 +16,16 @@ import torch
 from PIL import Image
 
 from safeio import atomic_path, atomic_write_bytes
-from splat.camera_path import CameraPath
 from splat.config import ConfigError
-from splat.render_modes import RenderMode, render_mode
-from splat.rendering import Backend
+from splat.render.modes import RenderMode, render_mode
+from splat.render.rasterization import Backend
+from splat.view.camera_path import CameraPath
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
 def render_path(
-    gaussians: dict[str, torch.Tensor],  # activated (splat.model_io.activated), on the render device
+    gaussians: dict[str, torch.Tensor],  # activated (splat.gaussians.model.activated), on the render device
     cam_path: CameraPath,
     sh_degree: int,
     background: torch.Tensor,  # [3]

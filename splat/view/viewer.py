@@ -2,8 +2,8 @@
 
 The browser shows viser's 3D scene (orbit controls, the training cameras as frustums) with our render as
 its background image. Each time a browser's camera moves, or a setting changes, or training has new
-Gaussians, a render thread draws that client's view with :func:`splat.render_modes.render_mode` (so
-``splat.rendering.rasterize``: gsplat on CUDA, the reference twin on CPU) and sends it. Renders are
+Gaussians, a render thread draws that client's view with :func:`splat.render.modes.render_mode` (so
+``splat.render.rasterization.rasterize``: gsplat on CUDA, the reference twin on CPU) and sends it. Renders are
 "latest wins": a camera that moves again while a frame is being drawn is drawn once more, afterwards.
 
 Camera conventions: viser reports a camera's ``wxyz`` / ``position`` as the camera-to-world ``[R | t]``
@@ -31,9 +31,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from splat.camera_path import camera_centres, quat_to_rotmat, rotmat_to_quat, scene_frame
-from splat.model_io import SceneCameras, activated
-from splat.render_modes import RENDER_MODES, render_mode
+from splat.gaussians.model import activated
+from splat.render.modes import RENDER_MODES, render_mode
+from splat.scene.cameras import SceneCameras
+from splat.view.camera_path import camera_centres, quat_to_rotmat, rotmat_to_quat, scene_frame
 
 CPU_RESOLUTION = 128  # long side of a render on CPU (reference renderer)
 GPU_RESOLUTION = 1920  # long side on CUDA (1080p for a 16:9 canvas)
@@ -75,7 +76,7 @@ def viser_camera_to_view(
 
 
 class Viewer:
-    """Serve the Gaussians ``params`` (pre-activation, as ``splat.model_io.load_gaussians`` returns)."""
+    """Serve the Gaussians ``params`` (pre-activation, as ``splat.gaussians.Model.params``)."""
 
     def __init__(
         self,
