@@ -24,7 +24,7 @@ photo's inversion), which IN2N's follow-ups found steadies the views, and every 
 so a run is reproducible for a fixed seed (the seed fixes the training's view order and the order in
 which views are edited).
 
-Two deliberate choices, both documented in the README:
+Two deliberate choices, both documented in docs/scene-editing.md:
 
 * **Pixel residual** (``residual=True``): the new training image is
   ``render + decode(target) - decode(encode(render))`` at the training resolution, not ``decode(target)``:
