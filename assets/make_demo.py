@@ -7,7 +7,7 @@
    of the appearance and the same in every view.
 2. Ray-cast in numpy from 36 cameras on a circle around it (two heights, alternating), 256x192 px,
    2x2 supersampled, saved as JPEG to `assets/demo/images/`.
-3. The COLMAP model is computed from the photos alone with `splat.sfm.prepare` (the code path of
+3. The COLMAP model is computed from the photos alone with `splat.scene.sfm.prepare` (the code path of
    `splat prepare`), written to `assets/demo/sparse/0`; the cache goes to a temporary folder. The recovered
    camera centres are compared with the true ones after a similarity alignment, as a check.
 
@@ -27,7 +27,7 @@ import pycolmap
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from splat.sfm import PrepareConfig, prepare  # noqa: E402
+from splat.scene.sfm import PrepareConfig, prepare  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "demo"
 SEED = 2024

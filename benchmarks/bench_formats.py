@@ -1,4 +1,4 @@
-"""File size and held-out PSNR of each shared splat format (splat.formats) against the PLY.
+"""File size and held-out PSNR of each shared splat format (splat.gaussians.formats) against the PLY.
 
     python benchmarks/bench_formats.py                               # train short CPU runs, then measure
     python benchmarks/bench_formats.py --model RUN_OR_CKPT_OR_PLY --scene SCENE   # a model you have
@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from splat.config import PRESETS  # noqa: E402
-from splat.formats import FORMATS, SUFFIXES, load_gaussians_file, save_gaussians  # noqa: E402
+from splat.gaussians.formats import FORMATS, SUFFIXES, load_gaussians_file, save_gaussians  # noqa: E402
 from splat.trainer import Trainer, config_from_checkpoint, read_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import commit, device_name, sd15_pipeline  # noqa: E402
 
 from splat.config import TrainConfig  # noqa: E402
-from splat.edit import EditConfig, edit_scene  # noqa: E402
+from splat.edit.dataset_update import EditConfig, edit_scene  # noqa: E402
+from splat.gaussians import load_model  # noqa: E402
 from splat.outputs import image_stem  # noqa: E402
-from splat.trainer import Trainer, config_from_checkpoint, read_model  # noqa: E402
+from splat.train.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo"
@@ -59,9 +60,8 @@ def train_run(scene: Path, out: Path, device: str, full: bool) -> Path:
 
 def consistency(scene: Path, out: Path, device: str) -> float:
     """Mean PSNR of the edited scene's renders against the last edited image of each edited training view."""
-    ckpt, file = read_model(out)
-    cfg = dataclasses.replace(config_from_checkpoint(ckpt, str(file)), out=out / ".probe", device=device)
-    t = Trainer(scene, cfg, checkpoint=ckpt)
+    model = load_model(out)
+    t = Trainer.from_model(scene, model, dataclasses.replace(model.config, out=out / ".probe", device=device))
     scores = []
     for i, v in enumerate(t.train_set.views):
         edited = out / "edited_images" / f"{image_stem(v.name)}.png"
@@ -133,9 +133,8 @@ def main(argv=None) -> None:
 
 
 def _n_train(run: Path, scene: Path, device: str) -> int:
-    ckpt, file = read_model(run)
-    cfg = dataclasses.replace(config_from_checkpoint(ckpt, str(file)), out=run / ".probe", device=device)
-    return len(Trainer(scene, cfg, checkpoint=ckpt).train_set)
+    model = load_model(run)
+    return len(Trainer.from_model(scene, model, dataclasses.replace(model.config, out=run / ".probe", device=device)).train_set)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""SfM benchmark: `splat.sfm.prepare` on the photos (only) of the shared real scenes.
+"""SfM benchmark: `splat.scene.sfm.prepare` on the photos (only) of the shared real scenes.
 
     python benchmarks/bench_sfm.py                 # cup and beercan: exhaustive vs the automatic choice
     python benchmarks/bench_sfm.py --scenes cup --max-size 400 --matchers auto
@@ -27,7 +27,7 @@ import tyro
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from splat.sfm import PrepareConfig, prepare  # noqa: E402
+from splat.scene.sfm import PrepareConfig, prepare  # noqa: E402
 
 _REPO = Path(__file__).resolve().parents[1]
 # ../shared/scenes beside the checkout (two levels up from a worktree under ../wt/NAME)

@@ -3,7 +3,7 @@
     python benchmarks/bench_viewer.py                     # CPU: 256 px frames of the demo scene
     python benchmarks/bench_viewer.py --gpu --model RUN   # GPU: 1920x1080 frames (goal: > 100 fps on cup, 30k steps)
 
-Frame time = one viewer frame as the server produces it: render (``splat.render_modes.render_mode``, so
+Frame time = one viewer frame as the server produces it: render (``splat.render.modes.render_mode``, so
 ``rasterize``: the reference renderer on CPU, gsplat on CUDA) + JPEG encoding, the way viser sends it, for
 cameras along an orbit of the scene (median over the frames). Without ``--model`` the Gaussians are the
 demo scene's initial ones (its SfM points), which is a small model.
@@ -28,9 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from splat.camera_path import orbit_path  # noqa: E402
-from splat.model_io import activated, load_gaussians, scene_cameras  # noqa: E402
-from splat.render_modes import render_mode  # noqa: E402
+from splat.gaussians.model import activated, load_model  # noqa: E402
+from splat.render.modes import render_mode  # noqa: E402
+from splat.scene.cameras import scene_cameras  # noqa: E402
+from splat.view.camera_path import orbit_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo"
@@ -38,7 +39,7 @@ DEMO = REPO / "assets" / "demo"
 
 def demo_gaussians(tmp: Path):
     from splat.config import TrainConfig
-    from splat.trainer import Trainer
+    from splat.train.trainer import Trainer
 
     trainer = Trainer(DEMO, TrainConfig(out=tmp / "init", device="cpu", progress=False, sh_degree=3))
     return {k: v.detach() for k, v in trainer.params.items()}, 3, None
@@ -87,8 +88,8 @@ def training_overhead(steps: int, repeats: int, max_width: int) -> dict[str, flo
     """Best wall and CPU (process) time of ``steps`` demo training steps without / with a viewer attached
     (no client), and the cost of one call of the idle viewer's step callback."""
     from splat.config import TrainConfig
-    from splat.trainer import Trainer
-    from splat.viewer import Viewer
+    from splat.train.trainer import Trainer
+    from splat.view.viewer import Viewer
 
     base = TrainConfig(
         device="cpu", progress=False, steps=steps, max_width=max_width, lpips=False, eval_steps=(),
@@ -120,7 +121,7 @@ def training_overhead(steps: int, repeats: int, max_width: int) -> dict[str, flo
 
 def idle_server_cpu(seconds: float = 10.0) -> float:
     """CPU seconds per second that a serving viewer with no client costs the process (its threads)."""
-    from splat.viewer import Viewer
+    from splat.view.viewer import Viewer
 
     params, _, _ = demo_gaussians(Path(tempfile.mkdtemp()))
     viewer = Viewer(params, 3, None, port=free_port())
@@ -156,8 +157,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is not None:
-            params, sh_degree, meta = load_gaussians(args.model)
-            config = meta["config"]
+            model = load_model(args.model)
+            params, sh_degree, config = model.params, model.sh_degree, model.config
         else:
             params, sh_degree, config = demo_gaussians(Path(tmp))
     cams = scene_cameras(args.scene, config)

@@ -1,7 +1,7 @@
 """The viewer screenshot and the orbit GIF for the README: ``python docs/make_viewer_media.py --model RUN``.
 
 RUN is a model of the demo scene (``splat train assets/demo --out RUN``; any checkpoint / PLY / run folder).
-Starts ``splat.viewer.Viewer`` on it, opens it in Debian's headless chromium (Playwright, SwiftShader for
+Starts ``splat.view.viewer.Viewer`` on it, opens it in Debian's headless chromium (Playwright, SwiftShader for
 WebGL), waits for the rendered frame and writes ``docs/viewer_demo.png``; then renders an orbit with
 ``splat render --path orbit`` into ``docs/orbit_demo.gif``.
 """
@@ -31,13 +31,14 @@ def free_port() -> int:
 def screenshot(model: Path, scene: Path, out: Path, resolution: int) -> None:
     from playwright.sync_api import sync_playwright
 
-    from splat.model_io import load_gaussians, scene_cameras
-    from splat.viewer import Viewer
-    from splat.viewer_cli import _background
+    from splat.commands._common import background_of
+    from splat.gaussians import load_model
+    from splat.scene.cameras import scene_cameras
+    from splat.view.viewer import Viewer
 
-    params, sh_degree, meta = load_gaussians(model)
-    viewer = Viewer(params, sh_degree, scene_cameras(scene, meta["config"]), port=free_port(),
-                    resolution=resolution, transport="png", background=_background(meta))  # fmt: skip
+    loaded = load_model(model)
+    viewer = Viewer(loaded.params, loaded.sh_degree, scene_cameras(scene, loaded.config), port=free_port(),
+                    resolution=resolution, transport="png", background=background_of(loaded))  # fmt: skip
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     try:
         with sync_playwright() as p:

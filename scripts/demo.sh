@@ -6,7 +6,7 @@
 #
 # The first run builds the project's virtual environment .venv/ in the repository root and installs the
 # project into it (see scripts/setup_env.sh: torch is kept when present, otherwise a CPU build is chosen on
-# a machine without an NVIDIA GPU); later runs reuse it. Measured on 2 CPU cores: see README.md, "Set up".
+# a machine without an NVIDIA GPU); later runs reuse it. Measured on 2 CPU cores: see benchmarks/RESULTS.md, "Set-up, demo and test suite times".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh

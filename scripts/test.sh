@@ -7,7 +7,7 @@
 # project with its test extras into it (see scripts/setup_env.sh: torch is kept when present, otherwise a
 # CPU build is chosen on a machine without an NVIDIA GPU); later runs reuse it. As root on Debian / Ubuntu it
 # also installs the chromium package for the browser test of the UI; without chromium that test is skipped
-# (pytest says so). Measured on 2 CPU cores: see README.md, "Set up".
+# (pytest says so). Measured on 2 CPU cores: see benchmarks/RESULTS.md, "Set-up, demo and test suite times".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh

@@ -1,0 +1,345 @@
+"""`splat edit`: Iterative Dataset Update with editkit's edits, on the demo scene and the tiny SD model.
+
+The tiny random UNet is chaotic in its input (a trained model's noise prediction is smooth in the latent),
+and its random attention is spread evenly over the tokens. The tests therefore use two variants of it, each
+with the property a trained model has and the test relies on, and say which:
+
+* ``smooth``: the input convolution scaled by 1e-6, so the noise prediction depends on the prompt and the
+  timestep but hardly on the latent. With guidance 1 (no classifier-free drift), DDIM from the
+  render-noised start then ends exactly on the render's latent when the prompt is unchanged: an identity
+  edit must give back the render;
+* ``sharp``: ``smooth`` with the cross-attention queries scaled by 30, so a word's attention is
+  concentrated in part of the image and a local blend has a mask that is not everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from splat.edit import EditConfig, SceneEditError, edit_scene, plan_edit
+
+DEMO = Path(__file__).resolve().parents[3] / "assets" / "demo"
+SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A trained demo run at 64 px (held-out PSNR ~25 dB): renders close to the photos, as a real run's."""
+    from splat.config import TrainConfig
+    from splat.train.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("edit") / "run"
+    cfg = TrainConfig(
+        out=out, device="cpu", progress=False, max_width=64, lpips=False, steps=300, sh_degree_interval=100,
+        refine_start=50, refine_stop=150, refine_every=50, reset_every=0, eval_steps=(300,), save_steps=(300,),
+        ckpt_every=0, learn_background=True, means_lr_steps=300, init_scale=1.0, save_renders=False,
+    )  # fmt: skip
+    Trainer(DEMO, cfg).train()
+    return out
+
+
+def _variant(model_dir: Path, query_scale: float = 1.0):
+    from editkit.models import load_pipeline
+
+    pipe = load_pipeline(model_dir, device="cpu")
+    with torch.no_grad():
+        pipe.unet.conv_in.weight.mul_(1e-6)
+        for name, module in pipe.unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_q.weight.mul_(query_scale)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def smooth(tiny_model_dirs):
+    return _variant(tiny_model_dirs["sd1"])
+
+
+@pytest.fixture(scope="module")
+def sharp(tiny_model_dirs):
+    return _variant(tiny_model_dirs["sd1"], query_scale=30.0)
+
+
+class UNetCalls:
+    """Counts the UNet's forward calls (a forward hook; the UNet is never patched)."""
+
+    def __init__(self, pipe):
+        self.n = 0
+        pipe.unet.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        self.n += 1
+
+    def during(self, fn):
+        start = self.n
+        result = fn()
+        return result, self.n - start
+
+
+def settings(cache: Path, **kw) -> EditConfig:
+    base = dict(source=SOURCE, target=TARGET, steps=10, guidance=1.0, strength=0.5, edit_size=32, edit_every=2,
+                iterations=124, cache_dir=cache, progress=False)  # fmt: skip
+    base.update(kw)
+    return EditConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def smooth_runs(run, smooth, tmp_path_factory):
+    """An identity edit, then the real edit (cat -> dog) from the same inversion cache, with UNet calls."""
+    root = tmp_path_factory.mktemp("smooth")
+    calls = UNetCalls(smooth)
+    same, n_same = calls.during(lambda: edit_scene(run, DEMO, settings(root / "cache", target=SOURCE), root / "same", pipe=smooth))
+    dog, n_dog = calls.during(lambda: edit_scene(run, DEMO, settings(root / "cache"), root / "dog", pipe=smooth))
+    return {"root": root, "same": same, "dog": dog, "calls": (n_same, n_dog)}
+
+
+def start_step(result) -> int:
+    return json.loads((result.out / "edit.json").read_text())["start_step"]
+
+
+def renders(out: Path, step: int) -> dict[str, np.ndarray]:
+    folder = out / "renders" / f"step_{step:06d}"
+    return {p.name: np.asarray(Image.open(p)).astype(np.float64) for p in sorted(folder.glob("*_render.png"))}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12)))
+
+
+def train_photos(run: Path, tmp: Path) -> dict[str, np.ndarray]:
+    """The training images as the trainer holds them (uint8, training size), by file stem."""
+    from splat.gaussians import load_model
+    from splat.train.trainer import Trainer
+
+    model = load_model(run)
+    t = Trainer.from_model(DEMO, model, dataclasses.replace(model.config, out=tmp, device="cpu"))
+    return {Path(v.name).stem: t.train_set.image_u8(i).numpy() for i, v in enumerate(t.train_set.views)}
+
+
+def edited_images(out: Path) -> dict[str, np.ndarray]:
+    folder = out / "edited_images"
+    return {p.stem: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png")) if not p.stem.endswith("_mask")}
+
+
+def test_identity_edit_leaves_the_scene_as_it_was(smooth_runs):
+    same, dog = smooth_runs["same"], smooth_runs["dog"]
+    start, end = start_step(same), start_step(same) + same.steps
+    assert same.views_edited == 62  # every training view twice (124 steps, one edit per 2)
+    before = renders(same.out, start)
+    after_same, after_dog = renders(same.out, end), renders(dog.out, end)
+    assert len(before) == 5
+    same_db = [psnr(after_same[k], before[k]) for k in before]
+    dog_db = [psnr(after_dog[k], before[k]) for k in before]
+    print("held-out renders after vs before (dB): identity", np.round(same_db, 1), "cat -> dog", np.round(dog_db, 1))
+    # an identity edit gives back each view's render: the scene is trained on its own renders
+    assert min(same_db) > 35.0
+    assert np.mean(dog_db) < np.mean(same_db) - 6.0  # 4x the squared change: the real edit moves the scene
+
+
+def test_inversions_are_cached_and_reused(smooth_runs):
+    """The second run computes no inversion: its UNet calls are its edits' alone (5 of 10 steps each)."""
+    same, dog = smooth_runs["same"], smooth_runs["dog"]
+    n_same, n_dog = smooth_runs["calls"]
+    assert (same.inversions_computed, same.inversions_loaded) == (31, 0)
+    assert (dog.inversions_computed, dog.inversions_loaded) == (0, 31)
+    assert n_dog == dog.views_edited * 5  # strength 0.5 of 10 DDIM steps, one UNet call per step (guidance 1)
+    assert n_same == same.views_edited * 5 + 31 * 10  # + one 10-step DDIM inversion per training view
+    assert len(list((smooth_runs["root"] / "cache").glob("*.safetensors"))) == 31
+
+
+def test_real_edit_changes_the_training_images_and_the_colours(run, smooth_runs, tmp_path):
+    from splat.gaussians.checkpoint import read_checkpoint
+    from splat.gaussians.model import find_model_file
+
+    same, dog = smooth_runs["same"], smooth_runs["dog"]
+    photos = train_photos(run, tmp_path)
+    changed = {k: np.abs(v.astype(int) - photos[k].astype(int)).mean() for k, v in edited_images(dog.out).items()}
+    kept = {k: np.abs(v.astype(int) - photos[k].astype(int)).mean() for k, v in edited_images(same.out).items()}
+    assert len(changed) == len(kept) == 31
+    # the identity edit's images are the renders (~9 levels from the photos on average at 64 px), the real
+    # edit's a visible change of every view (~27 levels measured)
+    assert min(changed.values()) > max(15.0, 2 * max(kept.values())), (min(changed.values()), max(kept.values()))
+    colours = {name: read_checkpoint(r.checkpoint)["params"]["sh0"] for name, r in (("same", same), ("dog", dog))}
+    saved = read_checkpoint(find_model_file(run))["params"]
+    shown = torch.sigmoid(saved["opacities"]) > 0.5  # the Gaussians the renders show (a quarter of them)
+    moved = {k: float((c - saved["sh0"])[shown].abs().mean()) for k, c in colours.items()}
+    print("mean |change| of the opaque Gaussians' SH DC colours:", moved)
+    # both runs go on training the same steps on the same views in the same order; only the images differ.
+    # The identity run's colours still move (its unedited views train on the photos, measured 0.015), the
+    # real edit's by ~4x that (0.057)
+    assert moved["dog"] > 3 * moved["same"], moved
+
+
+@pytest.fixture(scope="module")
+def blend_runs(run, sharp, tmp_path_factory):
+    """cat -> dog with a local blend on the `sharp` model, twice with the same seed."""
+    root = tmp_path_factory.mktemp("blend")
+    cfg = settings(root / "cache", blend_words=("cat",), blend_target_words=("dog",), blend_threshold=0.6,
+                   iterations=40)  # fmt: skip
+    first = edit_scene(run, DEMO, cfg, root / "first", pipe=sharp)
+    second = edit_scene(run, DEMO, cfg, root / "second", pipe=sharp)
+    return first, second
+
+
+def test_local_blend_keeps_the_photos_outside_the_mask_exactly(run, blend_runs, tmp_path):
+    first, _ = blend_runs
+    photos = train_photos(run, tmp_path)
+    images = edited_images(first.out)
+    assert len(images) == 20  # 40 steps, one edit per 2, each view at most once
+    inside_changed, coverage = [], []
+    for stem, image in images.items():
+        mask = np.asarray(Image.open(first.out / "edited_images" / f"{stem}_mask.png"))[..., 0] > 127
+        photo = photos[stem]
+        assert np.array_equal(image[~mask], photo[~mask]), stem  # bit for bit outside the mask
+        coverage.append(mask.mean())
+        inside_changed.append(np.abs(image[mask].astype(int) - photo[mask].astype(int)).mean())
+    print("mask coverage", np.round(coverage, 2), "mean change inside", np.round(inside_changed, 1))
+    assert 0.05 < np.mean(coverage) < 0.95  # a real mask: neither nothing nor everything
+    assert min(inside_changed) > 3.0  # and the edit did change what is inside it
+
+
+def test_edit_is_reproducible_for_a_seed(blend_runs):
+    from splat.gaussians.checkpoint import read_checkpoint
+
+    first, second = blend_runs
+    a, b = read_checkpoint(first.checkpoint)["params"], read_checkpoint(second.checkpoint)["params"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ia, ib = edited_images(first.out), edited_images(second.out)
+    assert ia.keys() == ib.keys() and all(np.array_equal(ia[k], ib[k]) for k in ia)
+    assert second.inversions_computed == 0  # and the second run read every inversion from the cache
+
+
+def test_plug_and_play_edits_the_scene(run, smooth, tmp_path):
+    cfg = settings(tmp_path / "cache", method="pnp", target="a watercolor painting of a dog", iterations=6)
+    res = edit_scene(run, DEMO, cfg, tmp_path / "pnp", pipe=smooth)
+    photos = train_photos(run, tmp_path / "probe")
+    images = edited_images(res.out)
+    assert res.views_edited == 3 and len(images) == 3
+    assert all(np.abs(v.astype(int) - photos[k].astype(int)).mean() > 10 for k, v in images.items())
+    assert (res.out / "point_cloud").is_dir() and (res.out / "before_after" / "contact_sheet.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"target": "a photo of a big dog"}, "same number of words"),
+        ({"blend_words": ("tree",)}, "'tree' is not in"),
+        ({"edit": "reweight"}, "--reweight WORD=SCALE"),
+        ({"reweight": ("dog=abc",)}, "dog"),
+        ({"strength": 1.5}, "strength"),
+        ({"strength": 0.01}, "strength"),
+        ({"edit_every": 0}, "edit_every"),
+        ({"method": "pnp", "blend_words": ("cat",)}, "--method p2p"),
+        ({"steps": 0}, "steps"),
+        ({"guidance": float("nan")}, "guidance"),
+    ],
+)
+def test_settings_that_cannot_run_are_refused_before_anything_is_written(run, tmp_path, change, message):
+    cfg = settings(tmp_path / "cache", **change)
+    with pytest.raises(SceneEditError, match=message):
+        plan_edit(cfg)
+    with pytest.raises(SceneEditError, match=message):
+        edit_scene(run, DEMO, cfg, tmp_path / "out", pipe=object())  # never reached: no model is needed
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_bad_run_model_and_output_are_refused_before_anything_is_written(run, tmp_path):
+    from editkit.models import ModelNotFoundError
+    from splat.gaussians.checkpoint import CheckpointError
+    from splat.outputs import OutputError
+
+    out = tmp_path / "out"
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="holds no model"):
+        edit_scene(empty, DEMO, settings(tmp_path / "cache"), out, pipe=object())
+    with pytest.raises(ModelNotFoundError):
+        edit_scene(run, DEMO, settings(tmp_path / "cache", model=str(tmp_path / "no-such-model")), out)
+    assert not out.exists() and not (tmp_path / "cache").exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not empty"):
+        edit_scene(run, DEMO, settings(tmp_path / "cache"), out, pipe=object())
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_cli_edit_and_its_errors(run, tiny_model_dirs, tmp_path, capsys):
+    from splat.cli import main
+
+    common = ["edit", str(run), "--scene", str(DEMO), "--source", SOURCE, "--target", TARGET, "--steps", "4",
+              "--edit-size", "32", "--iterations", "4", "--edit-every", "2", "--cache-dir", str(tmp_path / "cache"),
+              "--no-progress", "--device", "cpu"]  # fmt: skip
+    out = tmp_path / "edited"
+    assert main([*common, "--model", str(tiny_model_dirs["sd1"]), "--out", str(out), "--video", "--video-frames", "3"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{"):printed.rindex("}") + 1])
+    assert summary["views_edited"] == 2 and summary["inversions_computed"] == 2
+    assert Path(summary["ply"]).is_file() and Path(summary["before_after"]).is_file()
+    assert Path(summary["video"]).stat().st_size > 0
+
+    missing = tmp_path / "missing-out"
+    assert main([*common, "--model", str(tmp_path / "nowhere"), "--out", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "splat edit: error:" in err and "--model" in err and "Traceback" not in err
+    assert not missing.exists()
+    assert main([*common[:6], "--target", "a big photo of a dog", *common[8:], "--out", str(missing)]) == 2
+    assert "same number of words" in capsys.readouterr().err and not missing.exists()
+
+
+def test_viewer_shows_each_edited_view_in_its_camera(run, smooth, tmp_path):
+    import socket
+
+    from splat.commands.edit import edit_with_viewer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    seen = {}
+    res = edit_with_viewer(run, DEMO, settings(tmp_path / "cache", iterations=4), tmp_path / "out", port=port,
+                           wait=False, pipe=smooth, on_ready=lambda v: seen.setdefault("viewer", v))  # fmt: skip
+    viewer = seen["viewer"]
+    images = edited_images(res.out)
+    assert res.views_edited == 2 and len(images) == 2
+    shown = {Path(n).stem: f.image for n, f in zip(viewer.cameras.names, viewer.frustums, strict=True)}
+    for stem, image in images.items():
+        assert np.array_equal(shown[stem], image), stem  # the camera shows the training image it now has
+    assert sum(img is not None for img in shown.values()) == 2  # and no other camera shows one
+
+
+def test_interrupted_edit_resumes_to_the_uninterrupted_result(run, smooth, tmp_path):
+    from splat.gaussians.checkpoint import read_checkpoint
+    from splat.train.trainer import TrainingInterrupted
+
+    cfg = settings(tmp_path / "cache", iterations=12, edit_every=3)
+    whole = edit_scene(run, DEMO, cfg, tmp_path / "whole", pipe=smooth)
+
+    def stop_after_7_steps(trainer):  # as Ctrl-C does: the step in progress finishes, then a checkpoint
+        start = trainer.step
+
+        def on_step(tr, step, loss, psnr):
+            if step == start + 7:
+                tr.request_stop()
+
+        trainer.step_callbacks.append(on_step)
+
+    out = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted) as info:
+        edit_scene(run, DEMO, cfg, out, pipe=smooth, on_start=stop_after_7_steps)
+    assert info.value.step == start_step(whole) + 7
+    with pytest.raises(SceneEditError, match="strength"):  # other settings: refused
+        edit_scene(run, DEMO, dataclasses.replace(cfg, strength=0.6), out, pipe=smooth, resume=info.value.checkpoint)
+    resumed = edit_scene(run, DEMO, cfg, out, pipe=smooth, resume=info.value.checkpoint)
+    assert resumed.views_edited == whole.views_edited == 4
+    a, b = read_checkpoint(whole.checkpoint)["params"], read_checkpoint(resumed.checkpoint)["params"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ia, ib = edited_images(whole.out), edited_images(out)
+    assert ia.keys() == ib.keys() and all(np.array_equal(ia[k], ib[k]) for k in ia)

@@ -1,0 +1,302 @@
+"""Reliability catalogue, second round: one run per folder, every size bounded, no non-finite model read.
+
+Each row runs the real command line (``splat.cli.main`` in-process, or the entry point in a subprocess where
+exit codes, signals, pipes or peak memory are what is checked) and asserts the exit code, a one-line message
+naming the problem, no traceback, and that nothing was written or lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from splat.cli import main
+
+from .test_bad_inputs import tree
+
+DEMO = Path(__file__).resolve().parents[2] / "assets" / "demo"
+FAST = ["--device", "cpu", "--no-progress", "--no-lpips", "--max-width", "32"]
+GIB = 2**30
+
+
+def run_cli(argv, capsys):
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def assert_refused(rc, err, pattern, code=2):
+    assert rc == code, (rc, err)
+    assert re.search(pattern, err), err
+    assert "Traceback" not in err, err
+
+
+def subprocess_peak(argv, timeout=300, **kw):
+    """Run the entry point in a child; return (CompletedProcess, peak RSS of that child in bytes)."""
+    code = (
+        "import resource, subprocess, sys\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr)\n"
+        "sys.exit(p.returncode)\n"
+    )
+    cmd = [sys.executable, "-c", code, sys.executable, "-m", "splat.cli", *map(str, argv)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    *lines, peak = p.stderr.rstrip("\n").split("\n")
+    p.stderr = "\n".join(lines)
+    return p, int(peak)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("rel") / "scene"
+    shutil.copytree(DEMO, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def run(scene, tmp_path_factory):
+    """A finished 4-step run of the demo (run folder with checkpoints, PLY and metrics)."""
+    out = tmp_path_factory.mktemp("rel") / "run"
+    rc = main(["train", str(scene), "--out", str(out), "--steps", "4", "--ckpt-every", "2", *FAST])
+    assert rc == 0
+    return out
+
+
+def _ckpt_of(run: Path) -> Path:
+    return sorted((run / "ckpts").glob("ckpt_*.pt"))[-1]
+
+
+# -- one run per folder --------------------------------------------------------------------------------------
+def test_a_new_run_refuses_a_folder_holding_another_run(scene, run, tmp_path, capsys):
+    out = tmp_path / "R"
+    shutil.copytree(run, out)
+    before = tree(out)
+    rc, err = run_cli(["train", scene, "--out", out, "--steps", "2", "--seed", "7", *FAST], capsys)
+    assert_refused(rc, err, r"R holds another run.*--overwrite.*--resume")
+    assert tree(out) == before  # nothing of the old run deleted or replaced
+
+
+def test_overwrite_replaces_the_old_run_whole(scene, run, tmp_path, capsys):
+    out = tmp_path / "R"
+    shutil.copytree(run, out)
+    old = {p.name for p in (out / "ckpts").iterdir()}
+    rc, err = run_cli(["train", scene, "--out", out, "--steps", "2", "--seed", "7", "--overwrite", *FAST], capsys)
+    assert rc == 0, err
+    new = {p.name for p in (out / "ckpts").iterdir()}
+    assert "ckpt_000004.pt" in old and "ckpt_000004.pt" not in new  # the old run's later steps are gone
+    metrics = json.loads((out / "metrics.json").read_text())
+    final = metrics[max(metrics, key=int)]
+    try:
+        rc = main(["eval", str(out), "--scene", str(scene), "--device", "cpu"])
+    except SystemExit as e:
+        rc = e.code
+    printed = capsys.readouterr().out
+    assert rc == 0
+    scored = json.loads(printed[printed.index("{"):])
+    # eval of the folder scores the model the new run reported, not a stale checkpoint of the old one
+    assert abs(scored["psnr"] - final["psnr"]) < 1e-3, (scored, final)
+
+
+def test_retention_deletes_only_checkpoints_of_its_own_run(scene, run, tmp_path, capsys):
+    out = tmp_path / "R"
+    shutil.copytree(run, out)
+    foreign = out / "ckpts" / "ckpt_000001.pt"  # a checkpoint another run wrote, put here by hand
+    other = torch.load(_ckpt_of(run), weights_only=True)
+    other["run_id"] = "someone-else"
+    torch.save(other, foreign)
+    rc, err = run_cli(["train", scene, "--out", out, "--resume", _ckpt_of(run), "--steps", "8",
+                       "--ckpt-every", "2", "--keep-ckpts", "1", *FAST], capsys)  # fmt: skip
+    assert rc == 0, err
+    assert foreign.exists()  # retention pruned its own older checkpoints only
+    own = sorted(p.name for p in (out / "ckpts").glob("ckpt_*.pt") if p != foreign)
+    assert own[-1] == "ckpt_000008.pt" and "ckpt_000006.pt" not in own
+
+
+# -- sizes bounded before memory is spent -------------------------------------------------------------------
+def test_a_billion_frames_is_refused_at_once_with_bounded_memory(run, scene, tmp_path):
+    t0 = time.monotonic()
+    p, peak = subprocess_peak(["render", run, "--scene", scene, "--path", "orbit", "--frames", "1000000000",
+                               "--video", tmp_path / "v.mp4", "--device", "cpu"])  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    assert re.search(r"--frames 1000000000.*at most \d+", p.stderr) and "Traceback" not in p.stderr, p.stderr
+    assert peak < 1.5 * GIB and time.monotonic() - t0 < 60
+    assert not (tmp_path / "v.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "path_json, pattern",
+    [
+        ({"width": 10**7, "height": 10**7}, r"width.*at most"),
+        ("many", r"cameras.*at most"),
+        ("nested", r"nested too deeply"),
+    ],
+)
+def test_camera_path_files_are_bounded(run, scene, tmp_path, capsys, path_json, pattern):
+    path = tmp_path / "path.json"
+    if path_json == "nested":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        rc, err = run_cli(["render", run, "--scene", scene, "--path", "orbit", "--frames", "4",
+                           "--save-path", path, "--device", "cpu", "--out", tmp_path / "o"], capsys)  # fmt: skip
+        assert rc == 0, err
+        data = json.loads(path.read_text())
+        if path_json == "many":
+            data["cameras"] = data["cameras"] * 100_000
+        else:
+            data.update(path_json)
+        path.write_text(json.dumps(data))
+    before = tree(tmp_path)
+    rc, err = run_cli(["render", run, "--scene", scene, "--path-file", path, "--video", tmp_path / "v.mp4",
+                       "--device", "cpu"], capsys)  # fmt: skip
+    assert_refused(rc, err, pattern)
+    assert tree(tmp_path) == before
+
+
+def test_deeply_nested_splat_json_is_one_line(scene, tmp_path, capsys):
+    s = tmp_path / "scene"
+    shutil.copytree(scene, s)
+    (s / "splat.json").write_text("{" + '"a":{' * 50_000 + "}" * 50_001)
+    rc, err = run_cli(["train", s, "--out", tmp_path / "out", *FAST], capsys)
+    assert_refused(rc, err, r"splat\.json.*nested too deeply")
+    assert not (tmp_path / "out").exists()
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)  # far too little data: a decoder must not get that far
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_an_image_declaring_a_huge_size_is_refused_before_decoding(scene, tmp_path):
+    s = tmp_path / "scene"
+    shutil.copytree(scene, s)
+    victim = sorted((s / "images").iterdir())[0]
+    _png_header_only(victim, 20_000, 20_000)  # 400 Mpx: 1.2 GB decoded
+    p, peak = subprocess_peak(["train", s, "--out", tmp_path / "out", "--steps", "2", *FAST])
+    assert p.returncode == 2, p.stderr
+    assert victim.name in p.stderr and re.search(r"20000x20000", p.stderr) and "Traceback" not in p.stderr
+    assert peak < 1.2 * GIB, peak
+
+
+# -- no non-finite or malformed model passes ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def nan_ckpt(run, tmp_path_factory):
+    ck = torch.load(_ckpt_of(run), weights_only=True)
+    ck["params"]["means"][3, 1] = float("nan")
+    path = tmp_path_factory.mktemp("nan") / "nan.pt"
+    torch.save(ck, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nan_ply(run, tmp_path_factory):
+    from plyfile import PlyData
+
+    src = run / "point_cloud.ply" if (run / "point_cloud.ply").exists() else next(run.rglob("*.ply"))
+    ply = PlyData.read(str(src))
+    ply["vertex"].data["opacity"][2] = np.nan
+    path = tmp_path_factory.mktemp("nan") / "nan.ply"
+    ply.write(str(path))
+    return path
+
+
+@pytest.mark.parametrize("model", ["nan_ckpt", "nan_ply"])
+@pytest.mark.parametrize("command", ["eval", "render", "export"])
+def test_non_finite_models_are_refused(request, model, command, scene, tmp_path, capsys):
+    path = request.getfixturevalue(model)
+    argv = {"eval": ["eval", path, "--scene", scene, "--device", "cpu"],
+            "render": ["render", path, "--scene", scene, "--out", tmp_path / "r", "--device", "cpu"],
+            "export": ["export", path, "--out", tmp_path / "x.ply"]}[command]  # fmt: skip
+    before = tree(tmp_path)
+    rc, err = run_cli(argv, capsys)
+    assert_refused(rc, err, rf"{path.name}.*non-finite")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["eval", "render", "view", "edit"])
+def test_a_truncated_ply_is_one_line_naming_the_file(run, scene, command, tmp_path, capsys):
+    src = next(p for p in run.rglob("*.ply"))
+    bad = tmp_path / "cut.ply"
+    bad.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    argv = {"eval": ["eval", bad, "--scene", scene, "--device", "cpu"],
+            "render": ["render", bad, "--scene", scene, "--out", tmp_path / "r", "--device", "cpu"],
+            "view": ["view", bad, "--device", "cpu", "--port", "0"],
+            "edit": ["edit", bad, "--scene", scene, "--source", "a cup", "--target", "a mug",
+                     "--model", tmp_path / "no-model", "--out", tmp_path / "e"]}[command]  # fmt: skip
+    before = tree(tmp_path)
+    rc, err = run_cli(argv, capsys)
+    assert_refused(rc, err, r"cut\.ply")
+    assert len(err.strip().splitlines()) == 1, err
+    assert tree(tmp_path) == before
+
+
+def test_a_huge_learning_rate_ends_in_the_divergence_message(scene, tmp_path, capsys):
+    rc, err = run_cli(["train", scene, "--out", tmp_path / "out", "--steps", "6", "--sh0-lr", "1e38", *FAST],
+                      capsys)  # fmt: skip
+    assert_refused(rc, err, r"diverged|non-finite", code=3)
+
+
+# -- smaller ones --------------------------------------------------------------------------------------------
+def test_export_takes_a_run_folder(run, tmp_path, capsys):
+    rc, err = run_cli(["export", run, "--out", tmp_path / "x.ply"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "x.ply").stat().st_size > 0
+
+
+def test_help_into_a_closed_pipe_is_quiet(tmp_path):
+    p = subprocess.run(f"{sys.executable} -m splat.cli --help | head -n 1", shell=True, capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert p.stdout.strip() and "BrokenPipeError" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_sigterm_is_treated_as_ctrl_c(scene, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "splat.cli", "train", str(scene), "--out", str(out),
+                             "--steps", "100000", "--ckpt-every", "0", *FAST],
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "config.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "--resume" in err and "Traceback" not in err and "Aborted" not in err, err
+    assert list((out / "ckpts").glob("ckpt_*.pt")), "an interrupted run keeps a checkpoint"
+
+
+@pytest.mark.parametrize("name", ["../escape.png", "/etc/hostname"])
+def test_image_names_leaving_the_images_folder_are_refused(scene, tmp_path, capsys, name):
+    import pycolmap
+
+    s = tmp_path / "scene"
+    shutil.copytree(scene, s)
+    rec = pycolmap.Reconstruction(str(s / "sparse" / "0"))
+    image_id = sorted(rec.images)[0]
+    rec.images[image_id].name = name
+    rec.write_binary(str(s / "sparse" / "0"))
+    rc, err = run_cli(["train", s, "--out", tmp_path / "out", "--steps", "2", *FAST], capsys)
+    assert_refused(rc, err, rf"{re.escape(name)}.*(leaves|outside) the images folder")
+    assert not (tmp_path / "out").exists()
