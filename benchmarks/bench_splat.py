@@ -36,7 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from splat.config import PRESETS, TrainConfig  # noqa: E402
-from splat.train.trainer import Trainer, init_gaussians, knn_sq_dist  # noqa: E402
+from splat.gaussians.init import init_gaussians, knn_sq_dist  # noqa: E402
+from splat.train.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared/scenes beside the checkout (a worktree one level deeper also finds it)
