@@ -115,7 +115,7 @@ def test_resume_refuses_unsafe_changes_and_other_scenes(run, tmp_path, capsys, s
                "--refine-every", "7", "--no-progress"])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2, err
-    assert "max_width (checkpoint: 32, now: 64)" in err and "refine_every (checkpoint: 1, now: 7)" in err
+    assert "max_width (checkpoint: 32, now: 64)" in err and "refine_every (checkpoint: 100, now: 7)" in err
     assert "cannot change on resume" in err and "Traceback" not in err
     assert not out2.exists()
     # the checkpoint's step beyond --steps
