@@ -2,7 +2,7 @@
 must raise, a message naming the problem, and (for the resource cases) a bound on the time it may take.
 
 Rows cover crafted inversion files, huge images, NaN / infinite numbers, words past the text
-encoder's 77 tokens) and more of the same families.
+encoder's 77 tokens, and more of the same families.
 """
 
 from __future__ import annotations
