@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,11 +146,14 @@ def train_with_viewer(
 
 
 def main(argv: list[str]) -> int:
+    # first: `splat train --help` imports no torch; the process count (torchrun's WORLD_SIZE, checked
+    # by distributed.from_env below) sets the batch size a resumed run infers from its checkpoint
+    world = os.environ.get("WORLD_SIZE", "1")
+    cmd = parse_train_command(argv, int(world) if world.isdigit() and int(world) > 0 else 1)
     from splat.train import distributed
     from splat.train.trainer import train
 
     ctx = distributed.from_env()  # several processes when launched by torchrun
-    cmd = parse_train_command(argv, ctx.world_size)
     cfg = cmd.config
     sfm = PrepareConfig(**{**vars(cmd.sfm), "overwrite": False, "progress": cfg.progress})
     if ctx.enabled:
