@@ -47,17 +47,22 @@ def check_resume_config(saved: TrainConfig, cfg: TrainConfig, checkpoint: Path, 
 
 
 def read_resume(cfg: TrainConfig, global_batch: int, world_size: int) -> dict:
-    """The checkpoint ``cfg.resume`` names, checked against ``cfg`` and the run's global batch."""
+    """The checkpoint ``cfg.resume`` names, checked against ``cfg`` and the run's global batch.
+
+    The global batch (processes x ``batch_size``) must be the checkpoint's; how it is split may change
+    (2 processes x 1 view -> 1 process x 2 views): the views of every step are the same, and so is what the
+    step computes (the loss is the mean over the global batch; the densification statistics are summed)."""
     ckpt = read_checkpoint(cfg.resume)
     saved = config_from_checkpoint(ckpt, str(cfg.resume))
-    check_resume_config(saved, cfg, Path(cfg.resume), int(ckpt["step"]))
     saved_batch = int(ckpt.get("global_batch", 1))
     if saved_batch != global_batch:
         raise ConfigError(
             f"--resume {cfg.resume}: the checkpoint was trained with {saved_batch} view(s) per step "
             f"(processes x batch_size), this run has {global_batch} "
-            f"({world_size} x {cfg.batch_size}); launch as many processes as it had"
+            f"({world_size} x {cfg.batch_size}); launch processes x --batch-size = {saved_batch}"
         )
+    # same global batch: batch_size may differ with the process count
+    check_resume_config(dataclasses.replace(saved, batch_size=cfg.batch_size), cfg, Path(cfg.resume), int(ckpt["step"]))
     return ckpt
 
 
@@ -132,8 +137,7 @@ class Checkpointer:
             t.dist.localize_loaded_state(t.densifier.state)  # the saved sums stay on rank 0 only
             if t.background_logit is not None:
                 t.background_logit = torch.nn.Parameter(ckpt["background_logit"].to(t.device, torch.float32))
-                t.background_optimizer = torch.optim.Adam([t.background_logit], lr=t.cfg.background_lr,
-                                                          eps=t.cfg.adam_eps)  # fmt: skip
+                t.background_optimizer = t.make_background_optimizer()
                 t.background_optimizer.load_state_dict(ckpt["background_optimizer"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             if ckpt["rng"]["cuda"] is not None and t.device.type == "cuda":

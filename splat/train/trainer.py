@@ -43,7 +43,7 @@ from splat.scene.colmap import SceneError, find_model_dir
 from splat.scene.ensure import ensure_model
 from splat.scene.views import load_split
 from splat.train.checkpointing import Checkpointer, read_resume
-from splat.train.distributed import SINGLE, DistContext
+from splat.train.distributed import CHECK_EVERY, SINGLE, DistContext, resume_command
 from splat.train.errors import TrainingDiverged, TrainingInterrupted
 from splat.train.evaluation import evaluate_views, write_metrics
 from splat.train.guard import DivergenceGuard
@@ -178,7 +178,7 @@ class Trainer:
         self.optimizers = self.make_optimizers()
         self.densifier = self._make_densifier()
         if logit is not None:
-            self.background_optimizer = torch.optim.Adam([logit], lr=cfg.background_lr, eps=cfg.adam_eps)
+            self.background_optimizer = self.make_background_optimizer()
         if model is not None and model.checkpoint is not None:
             self.checkpointer.load_optimizer_moments(model.checkpoint)
         self.step = model.step if model is not None else 0
@@ -282,10 +282,19 @@ class Trainer:
         b = self.global_batch
         return make_optimizers(self.params, self._lrs(), eps=c.adam_eps / math.sqrt(b), betas=(0.9**b, 0.999**b))
 
+    def make_background_optimizer(self) -> torch.optim.Adam:
+        """Adam for the learned background colour, scaled with ``batch_scaling`` as the Gaussians' are."""
+        c = self.cfg
+        if not c.batch_scaling:
+            return torch.optim.Adam([self.background_logit], lr=c.background_lr, eps=c.adam_eps)
+        b = self.global_batch
+        return torch.optim.Adam([self.background_logit], lr=c.background_lr * self.lr_scale,
+                                eps=c.adam_eps / math.sqrt(b), betas=(0.9**b, 0.999**b))  # fmt: skip
+
     def _make_densifier(self) -> Densifier:
         densifier = Densifier(self.cfg.densify_config(), scene_scale=self.extent)
         if self.dist.enabled:
-            densifier.sync = self.dist.sync_densify
+            densifier.sync = self.dist.reduce_densify
         return densifier
 
     # -- rendering -----------------------------------------------------------------------------------
@@ -434,6 +443,8 @@ class Trainer:
             self.densifier.step_post_backward(self.params, self.optimizers, step, info, lr_means)
             if refine_step:
                 self.dist.check_same_count(len(self.params["means"]), step, self.device)
+            if refine_step or step % CHECK_EVERY == 0 or step == cfg.steps:  # one small all-reduce
+                self.dist.check_params_agree(self._trained_tensors(), step, self.device)
             self.step = step
 
             for callback in self.step_callbacks:  # 0-dim tensors: no host sync unless a callback reads them
@@ -494,10 +505,8 @@ class Trainer:
         path = self.checkpointer.path(self.step)
         self.save_checkpoint(path)
         self.dist.barrier()  # every rank reports a checkpoint that exists
-        launcher = ["splat"]
-        if self.dist.enabled:  # as many processes again (the step's global batch must match)
-            launcher = ["torchrun", "--nproc_per_node", str(self.dist.world_size), "-m", "splat.cli"]
-        command = shlex.join([*launcher, "train", str(self.scene), "--out", str(self.out), "--resume", str(path)])
+        # as many processes again (or another count with the same global batch, via --batch-size)
+        command = shlex.join(resume_command(self.dist, self.scene, self.out, path))
         raise TrainingInterrupted(self.step, path, command)
 
     # -- evaluation ----------------------------------------------------------------------------------
@@ -508,6 +517,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.lpips and self._lpips is None:
             self._lpips = _load_lpips(self.device) or False
+            # LPIPS only where every rank has its weights: the ranks report the same metric keys
+            if self.dist.any(self._lpips is False, self.device):
+                self._lpips = False
         sh_degree = self.active_sh_degree(max(step, 1))
         result = evaluate_views(
             lambda K, viewmat, w, h: self.render(K, viewmat, w, h, sh_degree)[0],
