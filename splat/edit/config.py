@@ -68,6 +68,11 @@ class EditConfig:
     """Noise level of each edit: the fraction of the DDIM steps run from the noised render (0-1]."""
     strength_end: float | None = None
     """Anneal the strength linearly to this value over the run (default: fixed strength)."""
+    lower_bound: float | None = None
+    """Random noise level: each edit's strength drawn uniformly in [lower_bound, upper_bound] (seeded, as
+    Instruct-NeRF2NeRF's --lower-bound / --upper-bound: 0.02 / 0.98) instead of --strength."""
+    upper_bound: float | None = None
+    """Random noise level: upper end of the draw (see --lower-bound)."""
     edit_every: int = 10
     """Training steps between two view edits (Instruct-NeRF2NeRF: 10)."""
     iterations: int | None = None
@@ -77,8 +82,14 @@ class EditConfig:
     residual: bool = True
     """New training image = render + decode(target) - decode(encode(render)): what the edit changed, applied
     to the render (the VAE's round-trip loss cancels); else decode(target), as Instruct-NeRF2NeRF."""
+    densify: Literal["off", "prune", "full"] = "off"
+    """Gaussians during the edit: "off" (moved and recoloured only), "prune" (transparent and oversized ones
+    removed every --refine-every steps), "full" (3DGS's clone / split / prune as well: shape edits need new
+    Gaussians)."""
+    refine_every: int = 100
+    """Training steps between two prunings / densifications of --densify."""
     seed: int = 0
-    """Seed of the training and of the order in which views are edited."""
+    """Seed of the training, of the order in which views are edited and of the random noise levels."""
     device: str = "auto"
     """Torch device of the Gaussians and the diffusion model ("auto": cuda if available, else cpu)."""
     cache_dir: Path | None = None
@@ -108,7 +119,18 @@ def plan_edit(cfg: EditConfig):
                     start_step(steps, value)
                 except ValueError as e:
                     raise InputError(f"{name}: {e}") from None
-        for name in ("edit_every", "iterations"):
+        bounds = (cfg.lower_bound, cfg.upper_bound)
+        if (bounds[0] is None) != (bounds[1] is None):
+            raise InputError("a random noise level needs both --lower-bound and --upper-bound")
+        if bounds[0] is not None:
+            if cfg.strength_end is not None:
+                raise InputError("--strength-end anneals a fixed strength: drop it, or drop --lower-bound / --upper-bound")
+            lo, hi = bounds
+            if not all(isinstance(b, int | float) and not isinstance(b, bool) and 0.0 < b <= 1.0 for b in bounds) or lo > hi:
+                raise InputError(f"lower_bound / upper_bound must satisfy 0 < lower <= upper <= 1, got {lo!r} / {hi!r}")
+        if cfg.densify not in ("off", "prune", "full"):
+            raise InputError(f"densify must be 'off', 'prune' or 'full', got {cfg.densify!r}")
+        for name in ("edit_every", "iterations", "refine_every"):
             value = getattr(cfg, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise InputError(f"{name} must be a whole number >= 1, got {value!r}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from splat.edit.config import EditConfig, default_cache_dir
+from splat.edit.fingerprint import pipeline_fingerprint
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -35,16 +36,6 @@ def _to_pil(image_u8: Tensor, size: tuple[int, int]) -> Image.Image:
     return pil if pil.size == size else pil.resize(size, Image.Resampling.LANCZOS)
 
 
-def _model_fingerprint(pipe) -> str:
-    """Identifies the weights an inversion was made with: the pipeline's name, the UNet's configuration and
-    sums of a few of its weights (cheap, and different for any two checkpoints in practice)."""
-    unet = pipe.unet
-    probes = [unet.conv_in.weight, unet.conv_out.weight, next(iter(unet.down_blocks.parameters()))]
-    sums = [repr(round(float(p.detach().double().sum()), 6)) for p in probes]
-    name = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
-    return json.dumps([str(name), dict(unet.config), sums], sort_keys=True, default=str)
-
-
 class ViewEditor:
     """Edits one training view at a time: the photo's inversion (cached on disk), then the edit of a render.
 
@@ -65,11 +56,11 @@ class ViewEditor:
         self.long_side = cfg.edit_size or max(default_size(pipe))
         self.multiple = model_multiple(pipe)
         self.method = "ddim" if cfg.method == "pnp" else cfg.inversion
-        self.fingerprint = _model_fingerprint(pipe)
+        self.fingerprint = pipeline_fingerprint(pipe)  # every component's weights and config, once per edit
         self._memory: OrderedDict[str, object] = OrderedDict()  # the latest inversions, by cache key
         self._computed: set[str] = set()
         self._loaded: set[str] = set()
-        self.edit_seconds: list[float] = []
+        self.inversion_seconds = 0.0  # spent computing inversions (not reading them from memory or disk)
 
     @property
     def computed(self) -> int:
@@ -87,7 +78,7 @@ class ViewEditor:
     def _key(self, photo: Image.Image) -> str:
         import numpy as np
 
-        h = hashlib.sha256(b"splat-edit-inversion-1\0")
+        h = hashlib.sha256(b"splat-edit-inversion-2\0")
         h.update(json.dumps([self.fingerprint, self.cfg.source.strip(), self.method, self.cfg.steps,
                              float(self.cfg.guidance), photo.size]).encode())
         h.update(np.asarray(photo).tobytes())
@@ -114,9 +105,11 @@ class ViewEditor:
             except ValueError:  # unreadable or from another model: computed again and replaced
                 inv = None
         if inv is None:
+            t0 = time.perf_counter()
             inv = invert(self.pipe, photo, self.cfg.source.strip(), self.method, self.cfg.steps, self.cfg.guidance,
                          size=(photo.height, photo.width), progress=False)
             self._computed.add(key)
+            self.inversion_seconds += time.perf_counter() - t0
             try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
                 inv.save(path)
@@ -140,7 +133,6 @@ class ViewEditor:
         from editkit.image import image_to_tensor
         from editkit.sampling import decode_latents, encode_image
 
-        t0 = time.perf_counter()
         pipe, cfg = self.pipe, self.cfg
         H, W = photo_u8.shape[:2]
         size = self.size_for(W, H)
@@ -182,5 +174,4 @@ class ViewEditor:
         if mask is not None:
             pixel_mask = F.interpolate(mask.cpu(), size=(H, W), mode="nearest")[0, 0] > 0.5  # [H, W]
             edited_u8 = torch.where(pixel_mask[..., None], edited_u8, photo_u8.cpu())
-        self.edit_seconds.append(time.perf_counter() - t0)
         return edited_u8, pixel_mask
