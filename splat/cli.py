@@ -5,11 +5,12 @@
     splat render CKPT --scene SCENE --path orbit --video o.mp4  a video along an orbit / spiral / interpolation
     splat eval CKPT --scene SCENE                             PSNR / SSIM (/ LPIPS) on held-out views
     splat view RUN_OR_CKPT_OR_PLY [--scene SCENE] [--port N]  live web viewer (viser)
-    splat export CKPT --out FILE.ply                          write the Gaussians as a 3DGS PLY
+    splat export CKPT --out FILE.spz                          the Gaussians as .ply / .splat / .spz / .sog / ...
     splat prepare SCENE [--overwrite] [--matcher ...]         COLMAP SfM from SCENE/images
     splat edit RUN --scene SCENE --source "..." --target "..."  edit a trained scene with a prompt (splat.edit)
 
-CKPT may be a checkpoint (.pt), a 3DGS PLY (ours or the original implementation's) or a run folder.
+CKPT may be a checkpoint (.pt), a 3DGS PLY (ours or the original implementation's), a run folder, or a file
+`splat export` writes (.splat, .compressed.ply, .spz, .sog, .png.zip).
 Every option is documented in ``splat <command> --help``. Options for ``train`` come from a preset,
 then ``SCENE/splat.json`` (a JSON object of option names, with underscores, to values), then the flags.
 Paths (``--out``, ``--resume``, ``--cache-dir``, ``--images``) come from the flags only: ``splat.json``

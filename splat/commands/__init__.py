@@ -19,7 +19,7 @@ COMMANDS = {
     "render": ("splat.commands.render", "render a trained model's views, or a video along a camera path"),
     "eval": ("splat.commands.eval", "PSNR / SSIM (/ LPIPS) of a trained model on the held-out views"),
     "view": ("splat.commands.view", "live web viewer (viser) of a run, checkpoint or PLY"),
-    "export": ("splat.commands.export", "write a model's Gaussians as a 3DGS PLY"),
+    "export": ("splat.commands.export", "write a model's Gaussians as a 3DGS PLY, .splat, SPZ, SOG, ..."),
     "prepare": ("splat.commands.prepare", "COLMAP structure-from-motion from SCENE/images"),
     "edit": ("splat.commands.edit", "edit a trained scene with a text prompt (Iterative Dataset Update)"),
 }
@@ -35,9 +35,11 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from safeio import OwnershipError, WriteError
     from splat.config import ConfigError
     from splat.gaussians.checkpoint import CheckpointError
+    from splat.gaussians.formats import FormatError
     from splat.outputs import OutputError
     from splat.scene.colmap import SceneError
     from splat.scene.sfm import SfmError
     from splat.train.distributed import LaunchError
 
-    return (ConfigError, SceneError, SfmError, CheckpointError, OutputError, WriteError, OwnershipError, LaunchError)
+    return (ConfigError, SceneError, SfmError, CheckpointError, FormatError, OutputError, WriteError,
+            OwnershipError, LaunchError)  # fmt: skip

@@ -134,11 +134,11 @@ def train_with_viewer(
 
 
 def main(argv: list[str]) -> int:
+    cmd = parse_train_command(argv)  # first: `splat train --help` imports no torch
     from splat.train import distributed
     from splat.train.trainer import train
 
     ctx = distributed.from_env()  # several processes when launched by torchrun
-    cmd = parse_train_command(argv)
     cfg = cmd.config
     sfm = PrepareConfig(**{**vars(cmd.sfm), "overwrite": False, "progress": cfg.progress})
     if ctx.enabled:
