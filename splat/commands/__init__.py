@@ -7,7 +7,9 @@ import is heavy; nothing in ``splat`` imports it.
 
 Exit codes: 0 ok, 1 internal error (a bug: please report it with the traceback), 2 bad input or usage
 (configuration, scene, checkpoint, an output that cannot be written or a full disk; one line on stderr
-naming the problem), 3 training diverged (the last good checkpoint is kept), 130 interrupted.
+naming the problem), 3 training diverged (the last good checkpoint is kept), 130 interrupted by Ctrl-C, 143
+training stopped by SIGTERM (128 + the signal, as shells report it; both write a checkpoint of the last
+finished step and print how to resume).
 """
 
 from __future__ import annotations

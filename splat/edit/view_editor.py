@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -110,15 +111,26 @@ class ViewEditor:
                          size=(photo.height, photo.width), progress=False)
             self._computed.add(key)
             self.inversion_seconds += time.perf_counter() - t0
-            try:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                inv.save(path)
-            except OSError:  # a read-only cache only costs the next run the inversion again
-                pass
+            self._cache_write(inv, path)
         self._memory[key] = inv
-        while len(self._memory) > self.MEMORY:
+        while len(self._memory) > self.MEMORY and self._cache_writable:  # without a disk cache all stay here
             self._memory.popitem(last=False)
         return inv
+
+    _cache_writable = True
+
+    def _cache_write(self, inv, path: Path) -> None:
+        """Save an inversion to the disk cache. A cache that cannot be written costs the next run the
+        inversions again: one warning, then this run keeps every inversion in memory and stops trying."""
+        if not self._cache_writable:
+            return
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            inv.save(path)
+        except OSError as e:
+            self._cache_writable = False
+            print(f"splat edit: warning: the inversion cache {self.cache_dir} cannot be written "
+                  f"({e.strerror or e}); inversions are kept in memory for this run only", file=sys.stderr)  # fmt: skip
 
     def edit(self, photo_u8: Tensor, render: Tensor, strength: float) -> tuple[Tensor, Tensor | None]:
         import torch

@@ -135,9 +135,12 @@ def _run_config_near(file: Path) -> dict | None:
         return None
     try:
         data = json.loads(candidate.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or text
         return None  # not ours, or damaged: treat the PLY as one from elsewhere
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    data.pop("run_id", None)  # which run wrote it, not a setting
+    return data
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -257,7 +260,8 @@ def start_background_logit(model_record: dict, background: Tensor) -> Tensor:
 
 
 def checked_params(record: dict, source: str | Path) -> dict[str, Tensor]:
-    """The record's Gaussian parameters (float32, contiguous), their shapes checked against each other."""
+    """The record's Gaussian parameters (float32, contiguous), their shapes checked against each other and
+    every value finite."""
     params = record.get("params")
     missing = [k for k in PARAM_KEYS if not isinstance((params or {}).get(k), Tensor)]
     if missing:
@@ -271,6 +275,9 @@ def checked_params(record: dict, source: str | Path) -> dict[str, Tensor]:
     for key, shape in shapes.items():
         if tuple(params[key].shape) != shape:
             raise CheckpointError(f"{source}: {key} has shape {tuple(params[key].shape)}, expected {shape}")
+    bad = [k for k in PARAM_KEYS if not bool(torch.isfinite(params[k]).all())]
+    if bad:  # NaN / inf would render as nothing, score NaN, or spread into a training run
+        raise CheckpointError(f"{source}: {', '.join(bad)} hold non-finite values (NaN or inf); refusing the model")
     return params
 
 

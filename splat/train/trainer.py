@@ -42,7 +42,13 @@ from splat.outputs import OutputError, atomic_write_text, check_output_dir, woul
 from splat.scene.colmap import SceneError, find_model_dir
 from splat.scene.ensure import ensure_model
 from splat.scene.views import load_split
-from splat.train.checkpointing import Checkpointer, read_resume
+from splat.train.checkpointing import (
+    Checkpointer,
+    check_fresh_out,
+    clear_previous_run,
+    new_run_id,
+    read_resume,
+)
 from splat.train.distributed import CHECK_EVERY, SINGLE, DistContext, resume_command
 from splat.train.errors import TrainingDiverged, TrainingInterrupted
 from splat.train.evaluation import evaluate_views, write_metrics
@@ -133,6 +139,10 @@ class Trainer:
         self._resume: dict | None = None
         if cfg.resume is not None:
             self._resume = read_resume(cfg, self.global_batch, self.dist.world_size)
+        elif model is None:  # one run per folder: a fresh run never mixes its files with another run's
+            check_fresh_out(self.out, cfg.overwrite)
+        # written into every checkpoint and config.json; retention deletes only this run's checkpoints
+        self.run_id = str((self._resume or {}).get("run_id") or new_run_id())
         if model is None and self.dist.enabled and find_model_dir(self.scene) is None:
             raise SceneError(
                 f"scene {self.scene} has no COLMAP model yet: run `splat prepare {self.scene}` once before a "
@@ -331,7 +341,10 @@ class Trainer:
         if self.dist.is_main:  # only rank 0 writes
             check_output_dir(self.out)
             remove_stale_temps(self.out)  # left by a run killed in the middle of a write
-            atomic_write_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
+            if cfg.overwrite and cfg.resume is None:
+                clear_previous_run(self.out)
+            record = {"run_id": self.run_id, **config_to_dict(cfg)}
+            atomic_write_text(self.out / "config.json", json.dumps(record, indent=2))
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         t0 = time.perf_counter()
         # The seed below applies inside this fork only; the caller's RNG state is restored on exit.
@@ -426,8 +439,14 @@ class Trainer:
             # all-reduce: the mean over the ranks (the learned background's gradient in the same buffer)
             self.dist.average_gradients(self._trained_tensors())
 
-            for opt in self.optimizers.values():
-                opt.step()
+            for name, opt in self.optimizers.items():
+                try:
+                    opt.step()
+                except RuntimeError as e:  # Adam's step size itself beyond float32 (a huge learning rate)
+                    if "overflow" not in str(e):
+                        raise
+                    self.guard.check(step - 1, self.params)
+                    raise self.guard.diverged(step, name, f"the {name} update overflowed at step {step}") from None
                 opt.zero_grad(set_to_none=True)
             if self.background_logit is not None:
                 self.background_optimizer.step()
@@ -507,7 +526,7 @@ class Trainer:
         self.dist.barrier()  # every rank reports a checkpoint that exists
         # as many processes again (or another count with the same global batch, via --batch-size)
         command = shlex.join(resume_command(self.dist, self.scene, self.out, path))
-        raise TrainingInterrupted(self.step, path, command)
+        raise TrainingInterrupted(self.step, path, command, int(self.interrupt.signum))
 
     # -- evaluation ----------------------------------------------------------------------------------
     @torch.no_grad()
