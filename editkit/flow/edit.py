@@ -7,6 +7,7 @@ loaded, and :func:`edit_photo` applies one source prompt and its target prompts 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -52,12 +53,30 @@ def check_settings(settings: FlowSettings) -> FlowSettings:
     return settings
 
 
+def photo_size(pipe, image):
+    """The ``size`` a photo is edited at: its own (cropped to the model's multiple), or, when its longer side
+    is above the model's native resolution (``default_sample_size * vae_scale_factor``: 1024 px on SD3.5 and
+    FLUX.1), that resolution for the longer side, aspect kept."""
+    from PIL import Image
+
+    native = int(pipe.default_sample_size * pipe.vae_scale_factor)
+    if isinstance(image, torch.Tensor):
+        return None
+    with Image.open(image) if not isinstance(image, Image.Image) else contextlib.nullcontext(image) as im:
+        longer = max(im.size)
+    return None if longer <= native else native
+
+
 def edit_photo(pipe, image, source: str, targets: list[str], settings: FlowSettings, *, seed: int | None = None,
                size=None, progress: bool = False):
     """Edit one photo into each target prompt. Returns ``(source_image, [edited images])`` (PIL); the source
     image is the photo as the model sees it (its latent decoded). The generator is seeded with ``seed`` for
-    every target, so each edit is reproducible on its own."""
+    every target, so each edit is reproducible on its own. ``size=None``: :func:`photo_size`."""
     check_settings(settings)
+    if size is None and photo_size(pipe, image) is not None:
+        from ..image import load_image
+
+        image = load_image(image, size=photo_size(pipe, image), keep_aspect=True, multiple=2 * pipe.vae_scale_factor)
     images = []
     x_src = None
     for target in targets:
