@@ -38,8 +38,9 @@ class EditConfig:
     """What the photos show now ("a photo of a cup on a table")."""
     target: str
     """What they should show ("a photo of a golden cup on a table")."""
-    method: Literal["p2p", "pnp"] = "p2p"
-    """Per-view edit: Prompt-to-Prompt (attention control, local blend) or Plug-and-Play (feature injection)."""
+    method: Literal["p2p", "pnp", "flowedit"] = "p2p"
+    """Per-view edit: Prompt-to-Prompt (attention control, local blend) or Plug-and-Play (feature injection)
+    with a Stable Diffusion UNet; FlowEdit (inversion-free: no inversion cache) with SD3 / SD3.5 / FLUX.1."""
     edit: Literal["replace", "refine", "reweight"] = "replace"
     """Prompt-to-Prompt edit: replace (word swap: as many words in both prompts), refine (words added or
     changed), reweight (scale the attention of --reweight words)."""
@@ -57,7 +58,8 @@ class EditConfig:
     self_replace: float = 0.4
     """Prompt-to-Prompt: fraction of the steps with the source's self-attention."""
     model: str = DEFAULT_MODEL
-    """Stable Diffusion 1.x/2.x/SDXL weights: hub id, diffusers folder or single .safetensors file."""
+    """Diffusion weights: hub id, diffusers folder or single .safetensors file (Stable Diffusion 1.x/2.x/SDXL
+    for p2p / pnp; SD3 / SD3.5 / FLUX.1 for flowedit)."""
     steps: int = 50
     """DDIM steps of the inversion and of each edit (the edit runs the last strength x steps of them)."""
     guidance: float = 7.5
@@ -139,7 +141,7 @@ def plan_edit(cfg: EditConfig):
         if cfg.inversion not in INVERSIONS:
             raise InputError(f"inversion must be one of {', '.join(INVERSIONS)}, got {cfg.inversion!r}")
         source, target = (cfg.source or "").strip(), (cfg.target or "").strip()
-        if cfg.method == "pnp":
+        if cfg.method in ("pnp", "flowedit"):
             if cfg.blend_words or cfg.blend_target_words or cfg.reweight or cfg.edit == "reweight":
                 raise InputError(
                     "local blend and re-weighting are Prompt-to-Prompt edits: use --method p2p, or drop "
@@ -149,7 +151,7 @@ def plan_edit(cfg: EditConfig):
                 raise InputError("Enter a target prompt (what the edited scene should show).")
             return None
         if cfg.method != "p2p":
-            raise InputError(f"method must be 'p2p' or 'pnp', got {cfg.method!r}")
+            raise InputError(f"method must be 'p2p', 'pnp' or 'flowedit', got {cfg.method!r}")
         weights = parse_reweight(list(cfg.reweight))
         if cfg.edit == "reweight" and not weights:
             raise InputError("--edit reweight needs words to re-weight: --reweight WORD=SCALE (e.g. golden=2)")
@@ -175,3 +177,16 @@ def plan_edit(cfg: EditConfig):
         return group
     except InputError as e:
         raise SceneEditError(str(e)) from None
+
+
+FLOW_FAMILIES = ("sd3", "flux")
+
+
+def check_method_family(method: str, family: str | None, model) -> None:
+    """Refuse a per-view edit the model's family does not offer (``family`` None: not known yet)."""
+    if family is None:
+        return
+    if method == "flowedit" and family not in FLOW_FAMILIES:
+        raise SceneEditError(f"--method flowedit needs an SD3 / SD3.5 or FLUX.1 model; {model} is {family}: use p2p or pnp")
+    if method != "flowedit" and family in FLOW_FAMILIES:
+        raise SceneEditError(f"{model} is a {family} model: its per-view edit is --method flowedit, not {method}")

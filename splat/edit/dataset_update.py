@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from splat.edit.config import EditConfig, SceneEditError, plan_edit
+from splat.edit.config import EditConfig, SceneEditError, check_method_family, plan_edit
 from splat.edit.view_editor import ViewEditor
 
 
@@ -190,6 +190,18 @@ def edit_scene(
     run, scene, out = Path(run), Path(scene), Path(out)
     # 1. Inputs: settings and prompts, the run's model, the scene, the output folder (nothing written)
     group = plan_edit(cfg)
+    if pipe is None:  # a method the model's family does not offer is refused before anything is loaded
+        from editkit.models import detect_family
+
+        check_method_family(cfg.method, detect_family(cfg.model), cfg.model)
+    else:
+        from editkit.models import UnsupportedModelError, family_of
+
+        try:
+            family = family_of(pipe)
+        except UnsupportedModelError:
+            family = None  # not a pipeline editkit knows: its own errors say so where it is used
+        check_method_family(cfg.method, family, "the given pipeline")
     model = load_model(run)
     file, start = model.source, model.step
     resumed, resume_file = None, None
