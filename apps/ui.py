@@ -1,11 +1,17 @@
-"""The editing UI: a Gradio app over editkit's Prompt-to-Prompt, inversion and Plug-and-Play.
+"""The editing UI: a Gradio app over editkit's Prompt-to-Prompt, inversion and Plug-and-Play (SD 1.x/2.x,
+SDXL) and FlowEdit / RF-Inversion (SD3 / SD3.5, FLUX.1). The tabs offered are the loaded family's methods.
 
-Three tabs, one per way of editing:
+For Stable Diffusion UNets, three tabs, one per way of editing:
 
 * **Generate & edit**: generate an image from a source prompt and edit it with Prompt-to-Prompt.
 * **Edit a photo (P2P)**: invert an uploaded photo (null-text, negative-prompt, DDIM or direct inversion) and
   edit it with Prompt-to-Prompt.
 * **Edit a photo (PnP)**: edit an uploaded photo with Plug-and-Play.
+
+For SD3 / FLUX, two tabs:
+
+* **Edit a photo (FlowEdit)**: edit an uploaded photo with FlowEdit (inversion-free) or RF-Inversion.
+* **Generate & edit (FlowEdit)**: generate an image from a source prompt and FlowEdit it into the targets.
 
 The model is loaded once, when the app is built, and shared by every browser session; runs are serialised
 (one concurrency group of size 1, plus a lock) because editing installs attention hooks on the shared UNet.
@@ -59,24 +65,37 @@ class LoadedModel:
     pipe: object | None = None
     error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    family: str | None = None  # editkit.models.FAMILIES key of the loaded pipeline
 
     @classmethod
     def load(cls, model, device=None, dtype=None) -> LoadedModel:
         from editkit import ModelNotFoundError, load_pipeline
 
         name = model if isinstance(model, str) else type(model).__name__
+        from editkit.models import family_of
+
         try:
             pipe = load_pipeline(model, device=device, dtype=dtype)
         except (ModelNotFoundError, TypeError, ValueError) as e:
             return cls(name=str(name), error=str(e))
-        return cls(name=str(name), pipe=pipe)
+        return cls(name=str(name), pipe=pipe, family=family_of(pipe))
+
+    @property
+    def is_flow(self) -> bool:
+        from editkit.models import FLOW_FAMILIES
+
+        return self.family in FLOW_FAMILIES
 
     def describe(self) -> str:
         if self.pipe is None:
             return f"**No model loaded.** `{self.name}` could not be loaded:\n\n```\n{self.error}\n```"
+        from editkit.models import family_name
+
         device = self.pipe.device
-        dtype = str(self.pipe.unet.dtype).replace("torch.", "")
-        return f"Model: `{self.name}` ({type(self.pipe).__name__}) on **{device}** in **{dtype}**."
+        denoiser = self.pipe.transformer if self.is_flow else self.pipe.unet
+        dtype = str(denoiser.dtype).replace("torch.", "")
+        return (f"Model: `{self.name}` ({type(self.pipe).__name__}, {family_name(self.family)}) on **{device}** in "
+                f"**{dtype}**.")
 
 
 class Sessions:
@@ -192,14 +211,15 @@ def _default_token(entry) -> int:
     return 1 if len(entry.tokens) > 2 else 0
 
 
-def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: int = 50, title: str = "editkit"):
+def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: int | None = None, title: str = "editkit"):
     """Build the editing UI (a ``gr.Blocks``); the model is loaded here, once.
 
     Args:
         model: a hub id, a local diffusers folder, a single checkpoint file, or a loaded pipeline.
         device: default CUDA when available, else CPU.
         dtype: default fp16 on CUDA, fp32 on CPU.
-        default_steps: initial value of the steps sliders.
+        default_steps: initial value of the steps sliders (default: 50 for SD / SDXL, FlowEdit's reference T
+            for SD3 / FLUX).
     """
     from editkit.progress import Cancelled, reporting
 
@@ -257,113 +277,116 @@ def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: in
         gr.Markdown(loaded.describe(), elem_id="model-info")
         sessions_cache = gr.State(InversionCache())
 
-        with gr.Tabs():
-            # ---------------------------------------------------------------- generate & edit (P2P)
-            with gr.Tab("Generate & edit (P2P)", id="generate"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        g_source = gr.Textbox(label="Source prompt", value="a photo of a cat riding a bicycle",
-                                              elem_id="gen-source")
-                        g_target = gr.Textbox(label="Target prompt(s), one per line",
-                                              value="a photo of a dog riding a bicycle", lines=2,
-                                              elem_id="gen-target")
-                        g_p2p = _p2p_controls(gr, "gen")
-                        g_sampling = _sampling_controls(gr, "gen", default_steps)
-                        g_run, g_cancel = _run_buttons(gr, "gen", "Generate and edit")
-                    with gr.Column(scale=2):
-                        g_out = _outputs(gr, "gen", heatmaps=True)
+        if loaded.is_flow:
+            _flow_tabs(gr, loaded, guarded, cancel_run, default_steps)
+        else:
+            with gr.Tabs():
+                # ---------------------------------------------------------------- generate & edit (P2P)
+                with gr.Tab("Generate & edit (P2P)", id="generate"):
+                    with gr.Row():
+                        with gr.Column(scale=1):
+                            g_source = gr.Textbox(label="Source prompt", value="a photo of a cat riding a bicycle",
+                                                  elem_id="gen-source")
+                            g_target = gr.Textbox(label="Target prompt(s), one per line",
+                                                  value="a photo of a dog riding a bicycle", lines=2,
+                                                  elem_id="gen-target")
+                            g_p2p = _p2p_controls(gr, "gen")
+                            g_sampling = _sampling_controls(gr, "gen", default_steps or 50)
+                            g_run, g_cancel = _run_buttons(gr, "gen", "Generate and edit")
+                        with gr.Column(scale=2):
+                            g_out = _outputs(gr, "gen", heatmaps=True)
 
-            # ---------------------------------------------------------------- photo, P2P
-            with gr.Tab("Edit a photo (P2P)", id="photo-p2p"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        p_photo = _photo_input(gr, "p2p")
-                        p_source = gr.Textbox(label="Source prompt (describes the photo)",
-                                              placeholder="a cat sitting on a table", elem_id="p2p-source")
-                        p_target = gr.Textbox(label="Target prompt(s), one per line", lines=2,
-                                              placeholder="a dog sitting on a table", elem_id="p2p-target")
-                        p_inversion = gr.Radio(list(INVERSION_METHODS), value="null-text", label="Inversion",
-                                               info="Time of inversion + edit relative to DDIM, measured on the tiny test model (benchmarks/"
-                                               "bench_inversion_cost.py): "
-                                               + "; ".join(f"{m}: {INVERSION_COST[m]}" for m in INVERSION_METHODS),
-                                               elem_id="p2p-inversion")
-                        p_p2p = _p2p_controls(gr, "p2p")
-                        p_sampling = _sampling_controls(gr, "p2p", default_steps)
-                        p_run, p_cancel = _run_buttons(gr, "p2p", "Edit photo")
-                    with gr.Column(scale=2):
-                        p_out = _outputs(gr, "p2p", heatmaps=True)
+                # ---------------------------------------------------------------- photo, P2P
+                with gr.Tab("Edit a photo (P2P)", id="photo-p2p"):
+                    with gr.Row():
+                        with gr.Column(scale=1):
+                            p_photo = _photo_input(gr, "p2p")
+                            p_source = gr.Textbox(label="Source prompt (describes the photo)",
+                                                  placeholder="a cat sitting on a table", elem_id="p2p-source")
+                            p_target = gr.Textbox(label="Target prompt(s), one per line", lines=2,
+                                                  placeholder="a dog sitting on a table", elem_id="p2p-target")
+                            p_inversion = gr.Radio(list(INVERSION_METHODS), value="null-text", label="Inversion",
+                                                   info="Time of inversion + edit relative to DDIM, measured on the tiny test model (benchmarks/"
+                                                   "bench_inversion_cost.py): "
+                                                   + "; ".join(f"{m}: {INVERSION_COST[m]}" for m in INVERSION_METHODS),
+                                                   elem_id="p2p-inversion")
+                            p_p2p = _p2p_controls(gr, "p2p")
+                            p_sampling = _sampling_controls(gr, "p2p", default_steps or 50)
+                            p_run, p_cancel = _run_buttons(gr, "p2p", "Edit photo")
+                        with gr.Column(scale=2):
+                            p_out = _outputs(gr, "p2p", heatmaps=True)
 
-            # ---------------------------------------------------------------- photo, PnP
-            with gr.Tab("Edit a photo (PnP)", id="photo-pnp"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        n_photo = _photo_input(gr, "pnp")
-                        n_target = gr.Textbox(label="Target prompt", placeholder="a watercolor painting of a cat",
-                                              elem_id="pnp-target")
-                        n_source = gr.Textbox(label="Source prompt (optional; empty is what PnP uses)",
-                                              elem_id="pnp-source")
-                        with gr.Accordion("Plug-and-Play injection", open=True):
-                            n_ft = gr.Slider(0, 1, value=0.8, step=0.05, label="Feature injection (pnp_f_t)",
-                                             info="fraction of the steps with the source's ResNet features")
-                            n_at = gr.Slider(0, 1, value=0.5, step=0.05, label="Self-attention injection (pnp_attn_t)",
-                                             info="fraction of the steps with the source's self-attention")
-                        n_sampling = _sampling_controls(gr, "pnp", default_steps)
-                        n_run, n_cancel = _run_buttons(gr, "pnp", "Edit photo")
-                    with gr.Column(scale=2):
-                        n_out = _outputs(gr, "pnp", heatmaps=False)
+                # ---------------------------------------------------------------- photo, PnP
+                with gr.Tab("Edit a photo (PnP)", id="photo-pnp"):
+                    with gr.Row():
+                        with gr.Column(scale=1):
+                            n_photo = _photo_input(gr, "pnp")
+                            n_target = gr.Textbox(label="Target prompt", placeholder="a watercolor painting of a cat",
+                                                  elem_id="pnp-target")
+                            n_source = gr.Textbox(label="Source prompt (optional; empty is what PnP uses)",
+                                                  elem_id="pnp-source")
+                            with gr.Accordion("Plug-and-Play injection", open=True):
+                                n_ft = gr.Slider(0, 1, value=0.8, step=0.05, label="Feature injection (pnp_f_t)",
+                                                 info="fraction of the steps with the source's ResNet features")
+                                n_at = gr.Slider(0, 1, value=0.5, step=0.05, label="Self-attention injection (pnp_attn_t)",
+                                                 info="fraction of the steps with the source's self-attention")
+                            n_sampling = _sampling_controls(gr, "pnp", default_steps or 50)
+                            n_run, n_cancel = _run_buttons(gr, "pnp", "Edit photo")
+                        with gr.Column(scale=2):
+                            n_out = _outputs(gr, "pnp", heatmaps=False)
 
-        # ---------------------------------------------------------------- handlers
-        def run_generate(v):
-            targets = _targets(v[g_target])
-            outcome = jobs.generate(loaded.pipe, v[g_source], targets, _read_p2p(v, g_p2p, len(targets)),
-                                    **_read_sampling(v, g_sampling))
-            return outcome, targets
+            # ---------------------------------------------------------------- handlers
+            def run_generate(v):
+                targets = _targets(v[g_target])
+                outcome = jobs.generate(loaded.pipe, v[g_source], targets, _read_p2p(v, g_p2p, len(targets)),
+                                        **_read_sampling(v, g_sampling))
+                return outcome, targets
 
-        def run_photo_p2p(v):
-            targets = _targets(v[p_target])
-            outcome = jobs.edit_photo_p2p(loaded.pipe, v[p_photo["file"]], v[p_source], targets,
-                                          _read_p2p(v, p_p2p, len(targets)), inversion=v[p_inversion],
-                                          keep_aspect=bool(v[p_photo["keep"]]), cache=v[sessions_cache],
-                                          **_read_sampling(v, p_sampling))
-            return outcome, targets
+            def run_photo_p2p(v):
+                targets = _targets(v[p_target])
+                outcome = jobs.edit_photo_p2p(loaded.pipe, v[p_photo["file"]], v[p_source], targets,
+                                              _read_p2p(v, p_p2p, len(targets)), inversion=v[p_inversion],
+                                              keep_aspect=bool(v[p_photo["keep"]]), cache=v[sessions_cache],
+                                              **_read_sampling(v, p_sampling))
+                return outcome, targets
 
-        def run_photo_pnp(v):
-            outcome = jobs.edit_photo_pnp(loaded.pipe, v[n_photo["file"]], v[n_target], source=v[n_source],
-                                          feature_threshold=v[n_ft], attention_threshold=v[n_at],
-                                          keep_aspect=bool(v[n_photo["keep"]]), cache=v[sessions_cache],
-                                          **_read_sampling(v, n_sampling))
-            return outcome, [v[n_target]]
+            def run_photo_pnp(v):
+                outcome = jobs.edit_photo_pnp(loaded.pipe, v[n_photo["file"]], v[n_target], source=v[n_source],
+                                              feature_threshold=v[n_ft], attention_threshold=v[n_at],
+                                              keep_aspect=bool(v[n_photo["keep"]]), cache=v[sessions_cache],
+                                              **_read_sampling(v, n_sampling))
+                return outcome, [v[n_target]]
 
-        def components(*groups) -> set:
-            out = set()
-            for g in groups:
-                out |= set(g.values()) if isinstance(g, dict) else set(g) if isinstance(g, list) else {g}
-            return out
+            def components(*groups) -> set:
+                out = set()
+                for g in groups:
+                    out |= set(g.values()) if isinstance(g, dict) else set(g) if isinstance(g, list) else {g}
+                return out
 
-        events = [
-            (g_run, g_cancel, run_generate, components(g_source, g_target, g_p2p, g_sampling), g_out),
-            (p_run, p_cancel, run_photo_p2p, components(p_photo["file"], p_photo["keep"], p_source, p_target,
-                                                        p_inversion, sessions_cache, p_p2p, p_sampling), p_out),
-            (n_run, n_cancel, run_photo_pnp, components(n_photo["file"], n_photo["keep"], n_target, n_source, n_ft,
-                                                        n_at, sessions_cache, n_sampling), n_out),
-        ]
-        for button, cancel, fn, inputs, outputs in events:
-            out_list = [c for c in outputs.values() if c is not None and not isinstance(c, dict)]
-            out_list += list(outputs["picker"].values()) if "picker" in outputs else []
-            button.click(guarded(fn, outputs), inputs=inputs, outputs=out_list, concurrency_limit=1,
-                         concurrency_id=RUN_GROUP)
-            cancel.click(cancel_run, inputs=None, outputs=None, queue=False)
-        for photo in (p_photo, n_photo):
-            photo["file"].change(_describe_photo, inputs=[photo["file"], photo["keep"]],
-                                 outputs=[photo["preview"], photo["note"]], queue=False)
-            photo["keep"].change(_describe_photo, inputs=[photo["file"], photo["keep"]],
-                                 outputs=[photo["preview"], photo["note"]], queue=False)
-        for out in (g_out, p_out):
-            picker = out["picker"]
-            picker["prompt"].change(_on_prompt(gr, picker), inputs=[out["maps"], picker["prompt"]],
-                                    outputs=list(picker.values()), queue=False)
-            picker["token"].input(_show_token, inputs=[out["maps"], picker["prompt"], picker["token"]],
-                                  outputs=[picker["image"]], queue=False)
+            events = [
+                (g_run, g_cancel, run_generate, components(g_source, g_target, g_p2p, g_sampling), g_out),
+                (p_run, p_cancel, run_photo_p2p, components(p_photo["file"], p_photo["keep"], p_source, p_target,
+                                                            p_inversion, sessions_cache, p_p2p, p_sampling), p_out),
+                (n_run, n_cancel, run_photo_pnp, components(n_photo["file"], n_photo["keep"], n_target, n_source, n_ft,
+                                                            n_at, sessions_cache, n_sampling), n_out),
+            ]
+            for button, cancel, fn, inputs, outputs in events:
+                out_list = [c for c in outputs.values() if c is not None and not isinstance(c, dict)]
+                out_list += list(outputs["picker"].values()) if "picker" in outputs else []
+                button.click(guarded(fn, outputs), inputs=inputs, outputs=out_list, concurrency_limit=1,
+                             concurrency_id=RUN_GROUP)
+                cancel.click(cancel_run, inputs=None, outputs=None, queue=False)
+            for photo in (p_photo, n_photo):
+                photo["file"].change(_describe_photo, inputs=[photo["file"], photo["keep"]],
+                                     outputs=[photo["preview"], photo["note"]], queue=False)
+                photo["keep"].change(_describe_photo, inputs=[photo["file"], photo["keep"]],
+                                     outputs=[photo["preview"], photo["note"]], queue=False)
+            for out in (g_out, p_out):
+                picker = out["picker"]
+                picker["prompt"].change(_on_prompt(gr, picker), inputs=[out["maps"], picker["prompt"]],
+                                        outputs=list(picker.values()), queue=False)
+                picker["token"].input(_show_token, inputs=[out["maps"], picker["prompt"], picker["token"]],
+                                      outputs=[picker["image"]], queue=False)
 
         def close_session(request: gr.Request):
             sessions.close(request.session_hash or "anonymous")
@@ -372,6 +395,140 @@ def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: in
     app.editkit_model = loaded  # for tests and launchers: what was loaded, or why not
     app.editkit_sessions = sessions
     return app
+
+
+def _flow_tabs(gr, loaded, guarded, cancel_run, default_steps):
+    """The tabs of an SD3 / FLUX model: FlowEdit or RF-Inversion on a photo; generate, then FlowEdit."""
+    from editkit.flow import flowedit as fe
+    from editkit.flow.edit import FlowSettings, edit_photo, generate_and_edit
+
+    base = fe.default_config(loaded.pipe)
+    steps0 = default_steps or base.num_inference_steps
+    strength0 = round(base.n_max / base.num_inference_steps, 2)
+
+    def flow_controls(prefix: str, methods: bool) -> dict:
+        c = {}
+        if methods:
+            c["method"] = gr.Radio(["flowedit", "rf-inversion"], value="flowedit", label="Method",
+                                   info="FlowEdit: inversion-free (Kulikov et al.); RF-Inversion: controlled "
+                                        "inversion and sampling (Rout et al.)", elem_id=f"{prefix}-method")
+        with gr.Accordion("FlowEdit", open=True):
+            c["strength"] = gr.Slider(0.05, 1, value=strength0, step=0.01, label="Strength (n_max / steps)",
+                                      info=f"the edit runs the last n_max steps; reference: {base.n_max} of "
+                                           f"{base.num_inference_steps}", elem_id=f"{prefix}-strength")
+            c["n_avg"] = gr.Slider(1, 4, value=base.n_avg, step=1, label="Noise draws averaged per step (n_avg)",
+                                   elem_id=f"{prefix}-n-avg")
+            with gr.Row():
+                c["src_g"] = gr.Slider(0, 20, value=base.source_guidance, step=0.5, label="Source guidance",
+                                       elem_id=f"{prefix}-source-guidance")
+                c["tar_g"] = gr.Slider(0, 20, value=base.target_guidance, step=0.5, label="Target guidance",
+                                       elem_id=f"{prefix}-target-guidance")
+        if methods:
+            with gr.Accordion("RF-Inversion", open=False):
+                c["gamma"] = gr.Slider(0, 1, value=0.5, step=0.05, label="gamma (inversion towards noise)")
+                c["eta"] = gr.Slider(0, 1, value=1.0, step=0.05, label="eta (sampling towards the photo)")
+        with gr.Accordion("Steps and seed", open=True):
+            c["steps"] = gr.Slider(1, 100, value=steps0, step=1, label="Steps", elem_id=f"{prefix}-steps")
+            c["seed"] = gr.Number(value=0, precision=0, label="Seed (-1: random)", elem_id=f"{prefix}-seed")
+        return c
+
+    def read(v, c) -> tuple[FlowSettings, int | None]:
+        method = v[c["method"]] if "method" in c else "flowedit"
+        steps = int(v[c["steps"]])
+        settings = FlowSettings(method=method, steps=steps, n_avg=int(v[c["n_avg"]]))
+        if method == "flowedit":
+            settings.n_max = max(1, min(steps, round(float(v[c["strength"]]) * steps)))
+            settings.source_guidance, settings.target_guidance = float(v[c["src_g"]]), float(v[c["tar_g"]])
+        else:
+            settings.gamma, settings.eta = float(v[c["gamma"]]), float(v[c["eta"]])
+        return settings, _seed(v[c["seed"]])
+
+    def prompts(v, source_box, target_box):
+        source, targets = (v[source_box] or "").strip(), _targets(v[target_box])
+        if not source:
+            raise InputError("give the source prompt (what the image shows)")
+        if not targets:
+            raise InputError("give at least one target prompt")
+        return source, targets
+
+    with gr.Tab("Edit a photo (FlowEdit)", id="photo-flow"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                f_photo = _photo_input(gr, "flow", aspect_choice=False)  # flow models keep the aspect
+                f_source = gr.Textbox(label="Source prompt (describes the photo)", placeholder="a cat sitting on a table",
+                                      elem_id="flow-source")
+                f_target = gr.Textbox(label="Target prompt(s), one per line", lines=2,
+                                      placeholder="a dog sitting on a table", elem_id="flow-target")
+                f_c = flow_controls("flow", methods=True)
+                f_run, f_cancel = _run_buttons(gr, "flow", "Edit photo")
+            with gr.Column(scale=2):
+                f_out = _outputs(gr, "flow", heatmaps=False)
+    with gr.Tab("Generate & edit (FlowEdit)", id="generate-flow"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                q_source = gr.Textbox(label="Source prompt", value="a photo of a cat", elem_id="fgen-source")
+                q_target = gr.Textbox(label="Target prompt(s), one per line", value="a photo of a dog", lines=2,
+                                      elem_id="fgen-target")
+                q_c = flow_controls("fgen", methods=False)
+                q_run, q_cancel = _run_buttons(gr, "fgen", "Generate and edit")
+            with gr.Column(scale=2):
+                q_out = _outputs(gr, "fgen", heatmaps=False)
+
+    def run_photo(v):
+        path = v[f_photo["file"]]
+        if path is None:
+            raise InputError("upload a photo first")
+        jobs.open_photo(path).close()
+        source, targets = prompts(v, f_source, f_target)
+        settings, seed = read(v, f_c)
+        try:
+            src, edits = edit_photo(loaded.pipe, path, source, targets, settings, seed=seed)
+        except ValueError as e:  # the engine's input checks (settings, sizes): said in the page
+            raise InputError(str(e)) from e
+        return Outcome(source=src, targets=edits, notes=[f"{settings.method}, {settings.steps} steps."]), targets
+
+    def run_generate(v):
+        source, targets = prompts(v, q_source, q_target)
+        settings, seed = read(v, q_c)
+        try:
+            src, edits = generate_and_edit(loaded.pipe, source, targets, settings, seed=seed)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        return Outcome(source=src, targets=edits), targets
+
+    for button, cancel, fn, inputs, outputs in [
+        (f_run, f_cancel, run_photo, [f_photo["file"], f_source, f_target, *f_c.values()], f_out),
+        (q_run, q_cancel, run_generate, [q_source, q_target, *q_c.values()], q_out),
+    ]:
+        out_list = [c for c in outputs.values() if c is not None and not isinstance(c, dict)]
+        button.click(guarded(fn, outputs), inputs=set(inputs), outputs=out_list, concurrency_limit=1,
+                     concurrency_id=RUN_GROUP)
+        cancel.click(cancel_run, inputs=None, outputs=None, queue=False)
+    f_photo["file"].change(_describe_flow_photo(loaded.pipe), inputs=[f_photo["file"]],
+                           outputs=[f_photo["preview"], f_photo["note"]], queue=False)
+
+
+def _describe_flow_photo(pipe):
+    def describe(path):
+        if path is None:
+            return None, ""
+        try:
+            image = jobs.open_photo(path)
+        except InputError as e:
+            return None, f"**Cannot use this file:** {e}"
+        from editkit.flow.edit import photo_size
+
+        preview = image.convert("RGB")
+        preview.thumbnail((512, 512))
+        f = 2 * pipe.vae_scale_factor
+        size = photo_size(pipe, image)
+        w, h = image.size
+        if size is not None:
+            scale = size / max(w, h)
+            w, h = round(w * scale), round(h * scale)
+        return preview, f"{image.width} x {image.height} px; edited at {w // f * f} x {h // f * f} px."
+
+    return describe
 
 
 def _picker_updates(gr, picker, maps, label=None) -> dict:
@@ -493,7 +650,7 @@ def _run_buttons(gr, prefix: str, label: str):
     return run, cancel
 
 
-def _photo_input(gr, prefix: str) -> dict:
+def _photo_input(gr, prefix: str, aspect_choice: bool = True) -> dict:
     """An upload box we check ourselves (Gradio's image input fails on unreadable files with a bare
     'Error'), a preview, a note saying what is wrong or how the photo will be cropped, and the aspect choice."""
     file = gr.File(label="Photo (PNG, JPEG, WebP, ...)", file_types=["image"], type="filepath",
@@ -501,7 +658,7 @@ def _photo_input(gr, prefix: str) -> dict:
     preview = gr.Image(label="Preview", type="pil", interactive=False, height=256, elem_id=f"{prefix}-preview")
     note = gr.Markdown("", elem_id=f"{prefix}-photo-note")
     keep = gr.Checkbox(False, label="Keep aspect ratio (no centre crop; longer side at the model's size)",
-                       elem_id=f"{prefix}-keep-aspect")
+                       elem_id=f"{prefix}-keep-aspect", visible=aspect_choice)
     return {"file": file, "preview": preview, "note": note, "keep": keep}
 
 
@@ -558,7 +715,7 @@ def launch(
     auth: tuple[str, str] | None = None,
     device=None,
     dtype=None,
-    default_steps: int = 50,
+    default_steps: int | None = None,
     block: bool = True,
     max_upload_mb: int = MAX_UPLOAD_MB,
     **launch_kwargs,
@@ -595,7 +752,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, mps (default: CUDA when available)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="ask for this login in the browser")
-    parser.add_argument("--steps", type=int, default=50, help="initial value of the steps sliders")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="initial value of the steps sliders (default: 50 for SD / SDXL, FlowEdit's for SD3 / FLUX)")
     parser.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB, metavar="MB",
                         help=f"largest photo a browser may upload, in MB (default {MAX_UPLOAD_MB})")
     args = parser.parse_args(argv)

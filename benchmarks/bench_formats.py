@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from splat.config import PRESETS  # noqa: E402
 from splat.gaussians.formats import FORMATS, SUFFIXES, load_gaussians_file, save_gaussians  # noqa: E402
-from splat.trainer import Trainer, config_from_checkpoint, read_model  # noqa: E402
+from splat.gaussians.model import load_model  # noqa: E402
+from splat.train.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCENES = next(
@@ -54,12 +55,11 @@ def train_short(scene: Path, out: Path, steps: int, max_width: int) -> Trainer:
 
 
 def load_for_eval(model: Path, scene: Path, out: Path, max_width: int | None) -> Trainer:
-    ckpt, file = read_model(model)
-    cfg = config_from_checkpoint(ckpt, str(file))
+    loaded = load_model(model)
     changes = dict(device="cpu", out=out, resume=None, progress=False, save_renders=False, lpips=False)
     if max_width is not None:
         changes["max_width"] = max_width
-    return Trainer(scene, dataclasses.replace(cfg, **changes), checkpoint=ckpt, checkpoint_path=file)
+    return Trainer.from_model(scene, loaded, dataclasses.replace(loaded.config, **changes))
 
 
 def held_out_psnr(trainer: Trainer, params: dict) -> float:

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import best_of, commit, device_name  # noqa: E402
 
-from splat.rendering import rasterize  # noqa: E402
+from splat.render.rasterization import rasterize  # noqa: E402
 
 
 def scene(n: int, width: int, height: int, device: torch.device, seed: int = 0):

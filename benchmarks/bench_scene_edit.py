@@ -7,10 +7,13 @@
 Each configuration runs twice on one trained run, in one process: first with an empty inversion cache
 (every view's photo is inverted once), then again with the cache the first run left (no inversion). The
 rows give the whole edit's wall time, the mean time of one view edit (render, diffusion, compositing; the
-first run's includes the view's inversion), and, as a measure of multi-view consistency, how closely the
-edited scene renders the last edited image of each training view (PSNR; a scene that reconciles its
-per-view edits renders them back). Configurations: plain IDU at fixed strength, annealed strength
-(0.9 -> 0.5) and a local blend. With random weights the edits themselves mean nothing: the times are what
+first run's too: a first-time inversion is not counted), and two measures of multi-view consistency: how
+closely the edited scene renders the last edited image of each training view (``render_psnr``; a scene that
+reconciles its per-view edits renders them back), and ``consistency_psnr``, `splat edit`'s own figure: each
+edited training image warped into its two nearest training views with the edited scene's depth, masked PSNR
+against theirs (``photos_consistency_psnr``: the same for the original photos, the ceiling the scene's depth
+allows). Configurations: plain IDU at fixed strength, annealed strength (0.9 -> 0.5), random noise level per
+edit (uniform in [0.02, 0.98], Instruct-NeRF2NeRF's), without the residual, and a local blend. With random weights the edits themselves mean nothing: the times are what
 this measures; the consistency figures compare the configurations only with one another.
 """
 
@@ -42,6 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo"
 SHARED = next((p for p in (REPO.parent / "shared" / "scenes", REPO.parent.parent / "shared" / "scenes") if p.is_dir()),
               REPO.parent / "shared" / "scenes")  # fmt: skip
+
+
+CONFIGS = ("idu", "idu-anneal", "idu-random", "idu-no-residual", "idu-blend")
 
 
 def train_run(scene: Path, out: Path, device: str, full: bool) -> Path:
@@ -79,8 +85,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="GPU: the cup scene and a full-size SD-1.5-shaped UNet")
     ap.add_argument("--rounds", type=int, default=1, help="times each training view is edited")
-    ap.add_argument("--configs", nargs="+", default=["idu", "idu-anneal", "idu-blend"],
-                    choices=["idu", "idu-anneal", "idu-blend"], help="which configurations to run")
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                    help="which configurations to run")
+    ap.add_argument("--cold-only", action="store_true", help="run each configuration once (empty cache)")
     args = ap.parse_args(argv)
     if args.full and not torch.cuda.is_available():
         raise SystemExit("--full needs a CUDA GPU")
@@ -106,13 +113,15 @@ def main(argv=None) -> None:
         configs = {
             "idu": base,
             "idu-anneal": dataclasses.replace(base, strength=0.9, strength_end=0.5),
+            "idu-random": dataclasses.replace(base, lower_bound=0.02, upper_bound=0.98),
+            "idu-no-residual": dataclasses.replace(base, residual=False),
             "idu-blend": dataclasses.replace(base, blend_words=("cat",), blend_target_words=("dog",)),
         }
         configs = {k: v for k, v in configs.items() if k in args.configs}
         iterations = base.edit_every * _n_train(run, scene, device) * args.rounds
         for name, cfg in configs.items():
             cache = tmp / f"cache-{name}"
-            for attempt in ("cold", "cached"):
+            for attempt in ("cold",) if args.cold_only else ("cold", "cached"):
                 out = tmp / f"{name}-{attempt}"
                 if args.full:
                     torch.cuda.reset_peak_memory_stats()
@@ -124,7 +133,10 @@ def main(argv=None) -> None:
                     "commit": commit(), "date": datetime.date.today().isoformat(), "training_steps": res.steps,
                     "views_edited": res.views_edited, "inversions_computed": res.inversions_computed,
                     "s_per_view_edit": round(res.seconds_per_edit, 3), "edit_wall_s": round(wall, 1),
-                    "run_train_s": round(train_s, 1), "consistency_psnr": round(consistency(scene, out, device), 2),
+                    "run_train_s": round(train_s, 1), "render_psnr": round(consistency(scene, out, device), 2),
+                    "consistency_psnr": round(res.consistency["psnr"], 2),
+                    "photos_consistency_psnr": round(res.consistency["photos_psnr"], 2),
+                    "consistency_coverage": round(res.consistency["coverage"], 3),
                     "psnr_vs_photos_before": round(res.before["psnr"], 2), "psnr_vs_photos_after": round(res.after["psnr"], 2),
                 }  # fmt: skip
                 if args.full:

@@ -4,6 +4,8 @@
     editkit edit cat.jpg --method pnp --target "a watercolor painting of a cat"
     editkit edit a.jpg b.jpg --pairs prompts.tsv --heatmaps --output out/
     editkit generate --source "a cat riding a bicycle" --target "a dog riding a bicycle"
+    editkit edit cat.jpg --model stabilityai/stable-diffusion-3.5-medium --source "a cat" --target "a fox"
+    editkit edit cat.jpg --model black-forest-labs/FLUX.1-dev --offload --method flowedit --source ... --target ...
     accelerate launch --multi_gpu --num_processes 4 -m editkit.cli edit *.jpg --pairs prompts.tsv --output out/
 
 The editing UI is its own command, ``editkit-ui --model /models/sd15`` (``python -m apps.ui``): the library
@@ -26,8 +28,13 @@ Exit codes, for scripts:
        every process exits 4; accelerate launch / torchrun then exit 1 and name the processes' exit code 4)
     130  interrupted (Ctrl-C)
 
-Everything that does not need the model (prompts, words, pairs file, device, output folder, images) is
+Everything that does not need the model (prompts, words, pairs file, device, output folder, images, and
+whether the model's family supports the --method: told from its model_index.json, tensor names or hub id) is
 checked before the model is loaded.
+
+Families and methods: Stable Diffusion 1.x/2.x and SDXL edit with p2p (default) and pnp; SD3 / SD3.5 and
+FLUX.1 with flowedit (default) and rf-inversion (see docs/flow-models.md). generate with a flow model samples
+the source prompt and edits that image into the targets with FlowEdit.
 
 Batch form: ``--pairs FILE`` takes one edit per line instead of ``--source`` / ``--target``, either
 tab-separated (``source<TAB>target[<TAB>target...]``, ``#`` starts a comment) or JSON lines
@@ -78,16 +85,20 @@ class ModelOptions:
     """Stable Diffusion model: a Hugging Face hub id (cached, or with network), a local diffusers folder, or a
     single .safetensors/.ckpt checkpoint file."""
     device: str | None = None
-    """Device to run on (cuda, cuda:1, cpu, mps). Default: CUDA when available, else CPU; fp16 on GPU, fp32 on
-    CPU."""
+    """Device to run on (cuda, cuda:1, cpu, mps). Default: CUDA when available, else CPU; on a GPU bf16 for
+    FLUX.1 and fp16 for the others, fp32 on CPU."""
+    offload: bool = False
+    """diffusers' model CPU offload: each model goes to the GPU only while it runs (FLUX.1 on a 24 GB card)."""
 
 
 @dataclass(kw_only=True)
 class SamplingOptions(ModelOptions):
-    steps: int = 50
-    """Number of DDIM denoising steps (the methods are defined with 50)."""
-    guidance: float = 7.5
-    """Classifier-free guidance scale (>= 1)."""
+    steps: int | None = None
+    """Number of denoising steps. Default: 50 DDIM steps for p2p / pnp (what they are defined with); FlowEdit's
+    reference T (50 on SD3, 28 on FLUX); 28 for rf-inversion and flow generation."""
+    guidance: float | None = None
+    """Guidance scale. Default 7.5 (p2p / pnp); for flow models the pipeline's (SD3 7.0, FLUX 3.5) when
+    generating. FlowEdit and rf-inversion take --source-guidance / --target-guidance instead."""
     seed: int = 0
     """Random seed of the initial noise (generate) or of the sampler (edit); -1 for a random seed."""
     output: Path = Path("editkit-out")
@@ -120,6 +131,22 @@ class P2POptions(SamplingOptions):
     """Local blend: words of the source prompt whose region is edited; the rest of the image is kept."""
     blend_target: tuple[str, ...] = ()
     """Local blend: words of the target prompt(s) whose region is edited (default: the source words)."""
+    n_max: int | None = None
+    """FlowEdit (SD3 / FLUX): the edit runs the last n_max of --steps steps (the strength; reference default
+    33 of 50 on SD3, 24 of 28 on FLUX)."""
+    n_min: int | None = None
+    """FlowEdit: the last n_min steps sample the target alone (default 0)."""
+    n_avg: int | None = None
+    """FlowEdit: velocity differences averaged over this many noise draws per step (default 1)."""
+    source_guidance: float | None = None
+    """FlowEdit / rf-inversion: guidance of the source prompt (FlowEdit 3.5 SD3, 1.5 FLUX; rf-inversion 0)."""
+    target_guidance: float | None = None
+    """FlowEdit / rf-inversion: guidance of the target prompt (FlowEdit 13.5 SD3, 5.5 FLUX; rf-inversion 3.5)."""
+    gamma: float | None = None
+    """rf-inversion: strength of the inversion's pull towards noise, 0..1 (default 0.5)."""
+    eta: float | None = None
+    """rf-inversion: strength of the sampling's pull towards the photo, 0..1, on the first quarter of the steps
+    (default 1.0)."""
 
 
 @dataclass(kw_only=True)
@@ -129,8 +156,9 @@ class Edit(P2POptions):
     images: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="IMAGE")]] = ()
     """The photos to edit (PNG, JPEG, ...); they are centre-cropped to a square and resized to the model's
     resolution (see --keep-aspect)."""
-    method: Literal["p2p", "pnp"] = "p2p"
-    """Editing method: 'p2p' (Prompt-to-Prompt on an inversion) or 'pnp' (Plug-and-Play)."""
+    method: Literal["p2p", "pnp", "flowedit", "rf-inversion"] | None = None
+    """Editing method. SD 1.x/2.x, SDXL: 'p2p' (Prompt-to-Prompt on an inversion, the default) or 'pnp'
+    (Plug-and-Play). SD3 / SD3.5, FLUX.1: 'flowedit' (inversion-free, the default) or 'rf-inversion'."""
     inversion: Literal[INVERSION_METHODS] = "null-text"
     """Inversion for p2p: 'null-text' (most faithful; 6-17x the time of DDIM on the tiny test model), 'negative-prompt' and
     'direct' (fast), 'ddim' (fast, drifts)."""
@@ -293,12 +321,123 @@ def _loading_bars(show: bool):
 
 def _load(opts: ModelOptions):
     from editkit import load_pipeline
+    from editkit.models import FLOW_FAMILIES, family_name, family_of
 
     _say(opts, f"loading {opts.model} ...")
     with _loading_bars(not getattr(opts, "quiet", False)):
-        pipe = load_pipeline(opts.model, device=opts.device)
-    _say(opts, f"model on {pipe.device} in {str(pipe.unet.dtype).replace('torch.', '')}")
+        pipe = load_pipeline(opts.model, device=opts.device, offload=opts.offload)
+    family = family_of(pipe)
+    denoiser = pipe.transformer if family in FLOW_FAMILIES else pipe.unet
+    _say(opts, f"loaded a {family_name(family)} model ({type(pipe).__name__}) on "
+               f"{pipe._execution_device} in {str(denoiser.dtype).replace('torch.', '')}")
     return pipe
+
+
+def _family(opts) -> str | None:
+    """The model's family told from its path / index / name, before loading (None: not known until loaded)."""
+    from editkit.models import detect_family
+
+    return detect_family(opts.model)
+
+
+def _resolve_method(opts, family: str | None) -> str:
+    """--method, or the family's default; refused here, before loading, when the family does not offer it."""
+    from editkit.models import check_method, methods_for
+
+    method = opts.method if getattr(opts, "method", None) is not None else (
+        methods_for(family)[0] if family is not None else "p2p")
+    check_method(family, method)
+    return method
+
+
+def _sd_defaults(opts) -> None:
+    if opts.steps is None:
+        opts.steps = 50
+    if opts.guidance is None:
+        opts.guidance = 7.5
+
+
+def _flow_settings(opts, method: str):
+    from editkit.flow.edit import FlowSettings, check_settings
+
+    p2p_only = [name for name, value, default in (
+        ("--heatmaps", opts.heatmaps, False), ("--reweight", opts.reweight, ()), ("--blend-source", opts.blend_source, ()),
+        ("--blend-target", opts.blend_target, ())) if value != default]
+    if p2p_only:
+        raise UsageError(f"{', '.join(p2p_only)}: Prompt-to-Prompt options; not available with --method {method}")
+    settings = FlowSettings(method=method, steps=opts.steps, n_max=opts.n_max, n_min=opts.n_min, n_avg=opts.n_avg,
+                            source_guidance=opts.source_guidance, target_guidance=opts.target_guidance,
+                            gamma=opts.gamma, eta=opts.eta)
+    check_settings(settings)
+    if opts.guidance is not None:
+        from editkit.jobs import check_sampling
+
+        check_sampling(opts.steps or 1, opts.guidance)
+    if settings.steps is not None and settings.n_max is not None and settings.n_max > settings.steps:
+        raise UsageError(f"--n-max {settings.n_max} is more than --steps {settings.steps}")
+    return settings
+
+
+def _flow_pairs(opts) -> list[tuple[str, list[str]]]:
+    return _prompt_pairs(opts)  # FlowEdit and RF-Inversion need the source prompt as p2p does
+
+
+def _write_image(image, path: Path, written: list[Path]) -> None:
+    from safeio import atomic_path
+
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    written.append(path)
+    _print_path(path)
+
+
+def run_flow_edit(opts: Edit, method: str) -> list[Path]:
+    """SD3 / FLUX: each photo, each prompt pair; files named as p2p's (STEM_source.png, STEM_edit0_PROMPT.png)."""
+    from editkit import jobs
+    from editkit.batch import check_photo_names
+    from editkit.flow.edit import edit_photo
+
+    settings = _flow_settings(opts, method)
+    pairs = _flow_pairs(opts)
+    check_photo_names(opts.images)
+    for image_path in opts.images:
+        jobs.open_photo(image_path).close()
+    _check_output(opts.output)
+    from editkit.models import check_device
+
+    check_device(opts.device)
+    pipe = _load(opts)
+    written: list[Path] = []
+    for image_path in opts.images:
+        stem = slug(Path(image_path).stem)
+        for n, (source, targets) in enumerate(pairs):
+            tag = stem if len(pairs) == 1 else f"{stem}_{n:03d}"
+            _say(opts, f"{image_path}: {source!r} -> {targets} ({method})")
+            src, edits = edit_photo(pipe, image_path, source, targets, settings, seed=_seed(opts.seed),
+                                    progress=not opts.quiet)
+            _write_image(src, opts.output / f"{tag}_source.png", written)
+            for k, (image, prompt) in enumerate(zip(edits, targets, strict=True)):
+                _write_image(image, opts.output / f"{tag}_edit{k}_{slug(prompt)}.png", written)
+    return written
+
+
+def run_flow_generate(opts: Generate) -> list[Path]:
+    from editkit.flow.edit import generate_and_edit
+
+    settings = _flow_settings(opts, "flowedit")
+    pairs = _flow_pairs(opts)
+    _check_output(opts.output)
+    pipe = _load(opts)
+    written: list[Path] = []
+    for n, (source, targets) in enumerate(pairs):
+        _say(opts, f"[{n + 1}/{len(pairs)}] {source!r} -> {targets}")
+        src, edits = generate_and_edit(pipe, source, targets, settings, seed=_seed(opts.seed),
+                                       guidance=opts.guidance, progress=not opts.quiet)
+        _write_image(src, opts.output / f"{n:03d}_source.png", written)
+        for k, (image, prompt) in enumerate(zip(edits, targets, strict=True)):
+
+            _write_image(image, opts.output / f"{n:03d}_edit{k}_{slug(prompt)}.png", written)
+    return written
 
 
 def _print_path(path: Path) -> None:
@@ -326,6 +465,11 @@ def run_generate(opts: Generate) -> list[Path]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would generate and write the same files
         raise UsageError("generate does not split its work across processes: run it without accelerate launch or "
                          "torchrun (edit does)")
+    from editkit.models import FLOW_FAMILIES
+
+    if _family(opts) in FLOW_FAMILIES:
+        return run_flow_generate(opts)
+    _sd_defaults(opts)
     pairs = _prompt_pairs(opts)
     settings = _p2p_settings(opts)
     for source, targets in pairs:  # every prompt and word check, before the model is loaded
@@ -383,6 +527,13 @@ def run_edit(opts: Edit) -> list[Path]:
     missing = [str(p) for p in opts.images if not Path(p).is_file()]
     if missing:
         raise UsageError(f"no such image file: {', '.join(missing)}")
+    from editkit.models import FLOW_FAMILIES
+
+    method = _resolve_method(opts, _family(opts))
+    if method in ("flowedit", "rf-inversion") or _family(opts) in FLOW_FAMILIES:
+        return run_flow_edit(opts, method)
+    opts.method = method
+    _sd_defaults(opts)
     job = _edit_job(opts)
     check_photo_names(opts.images)
     for image_path in opts.images:  # readable and within the pixel limit, before the model is loaded
@@ -403,6 +554,12 @@ def run_batch_edit(opts: Edit):
 
     if not opts.images:
         raise UsageError("give at least one image to edit: editkit edit IMAGE [IMAGE ...] --source ... --target ...")
+    method = _resolve_method(opts, _family(opts))
+    if method not in ("p2p", "pnp"):
+        raise UsageError(f"batch mode (--summary, accelerate launch, torchrun) runs p2p and pnp; --method {method} "
+                         "runs without it")
+    opts.method = method
+    _sd_defaults(opts)
     job = _edit_job(opts)
     _check_run(opts)
     if opts.summary is not None:
@@ -412,7 +569,7 @@ def run_batch_edit(opts: Edit):
         from editkit import load_pipeline
 
         with _loading_bars(not opts.quiet):
-            return load_pipeline(model, device=device)
+            return load_pipeline(model, device=device, offload=opts.offload)
 
     return edit_photos(opts.images, job, model=opts.model, output=opts.output, device=opts.device,
                        summary_file=opts.summary, load=load, on_write=_print_path,

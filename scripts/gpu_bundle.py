@@ -224,7 +224,9 @@ def build(out: Path, python_version: str = "3.12", prebuilt: Path | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-IMPORTS = ("gsplat", "diffusers", "pycolmap", "tyro", "viser", "pytorch_msssim", "editkit", "splat")
+IMPORTS = ("gsplat", "diffusers", "pycolmap", "tyro", "viser", "pytorch_msssim", "editkit", "splat",
+           "editkit.p2p", "editkit.flow.flowedit", "splat.train.trainer", "splat.render.rasterization")
+# ^ what the GPU stages run
 
 
 def _device_standin(dest: Path, device: dict[str, Version | None]) -> list[str]:

@@ -12,8 +12,8 @@ usage: scripts/gpu_check.sh quick [--dry-run]
 
 Plan:
   quick          one device call under 8 minutes: install, then (while gsplat's CUDA extension builds on
-                 every core) the editkit figures, then the GPU tests, gsplat vs the reference renderer, and
-                 splat on cup at 7k steps; each stage is cut at the time left (QUICK_BUDGET_S, default 450 s)
+                 every core) the editkit and flow-model figures, then the GPU tests, gsplat vs the reference renderer, rank
+                 agreement, and splat on cup at 7k steps; each stage is cut at the time left (QUICK_BUDGET_S, default 450 s)
 
 Stages (each sized for one call of at most 10 minutes; run in the order given):
   install        install the bundle with pip --no-index into GPU_SITE (never touching the image's torch);
@@ -23,10 +23,17 @@ Stages (each sized for one call of at most 10 minutes; run in the order given):
   render         benchmarks/bench_render.py --full: gsplat vs the PyTorch reference renderer (time, agreement)
   editkit        benchmarks/bench_p2p.py --full: a P2P edit against plain generation, full-size SD-1.5-shaped
                  UNet (random weights), fp16, 512 px, 50 steps
+  ranks          benchmarks/check_rank_agreement.py --device cuda: gsplat's densification-statistics update
+                 run twice on the same inputs (same bits?) and, with two GPUs, a 2-rank NCCL run's parameter
+                 checksums (equal?)
   splat-cup-7k   benchmarks/bench_splat.py --full --steps 7000 on cup: the 30k schedule scored at 7k steps
                  (held-out PSNR / SSIM, wall time, peak GPU memory, Gaussians)
   splat-cup      the same to 30k steps
   splat-beercan  30k steps on beercan (needs a bundle built with that scene: see docs/gpu.md)
+  flow-quick     benchmarks/bench_flow.py --full --resolution 512 --steps 8: FlowEdit and an inversion edit
+                 against plain sampling with SD3.5-medium- and FLUX.1-shaped random transformers (bf16),
+                 calls, time, peak memory (the quick plan's flow figure)
+  flow           the same at 1024 x 1024 with each method's reference step counts
   real-edit      benchmarks/bench_real_edit.py --full (inversions + edits, full-size UNet)
   scene-edit     benchmarks/bench_scene_edit.py --full --configs idu (splat edit on cup, full-size UNet)
   all            every stage above but the quick plan, in this order
@@ -51,8 +58,8 @@ before anything is installed or run).
 EOF
 }
 
-STAGES=(install tests render editkit splat-cup-7k splat-cup splat-beercan real-edit scene-edit)
-QUICK=(install editkit tests render splat-cup-7k)
+STAGES=(install tests render ranks editkit flow-quick splat-cup-7k flow splat-cup splat-beercan real-edit scene-edit)
+QUICK=(install editkit flow-quick tests render ranks splat-cup-7k)
 if [ $# -eq 0 ]; then
   usage >&2
   exit 2
@@ -293,9 +300,27 @@ EOF
       header render
       limited 120 "$PY" benchmarks/bench_render.py --full --results "$FIGURES"
       ;;
+    ranks)
+      [ -z "${BUILD_PID:-}" ] || { wait "$BUILD_PID" || true; BUILD_PID=""; }
+      header ranks
+      local rc=0
+      limited 120 "$PY" benchmarks/check_rank_agreement.py --device cuda >"$RES/ranks.txt" 2>&1 || rc=$?
+      cat "$RES/ranks.txt" >&2
+      figure ranks exit_code="$rc" output="\"$(tr '\n"' ' \047' <"$RES/ranks.txt")\""
+      ;;
     editkit)
       header editkit
       limited 240 "$PY" benchmarks/bench_p2p.py --full --repeats 2 --results "$FIGURES"
+      ;;
+    flow-quick)
+      header flow-quick
+      limited 150 "$PY" benchmarks/bench_flow.py --full --device cuda --resolution 512 --steps 8 --repeats 1 \
+        | tee -a "$RES/flow.txt"
+      ;;
+    flow)
+      header flow
+      limited 600 "$PY" benchmarks/bench_flow.py --full --device cuda --resolution 1024 --repeats 1 \
+        | tee -a "$RES/flow.txt"
       ;;
     real-edit)
       header real-edit

@@ -5,11 +5,12 @@
     splat render CKPT --scene SCENE --path orbit --video o.mp4  a video along an orbit / spiral / interpolation
     splat eval CKPT --scene SCENE                             PSNR / SSIM (/ LPIPS) on held-out views
     splat view RUN_OR_CKPT_OR_PLY [--scene SCENE] [--port N]  live web viewer (viser)
-    splat export CKPT --out FILE.ply                          write the Gaussians as a 3DGS PLY
+    splat export CKPT --out FILE.spz                          the Gaussians as .ply / .splat / .spz / .sog / ...
     splat prepare SCENE [--overwrite] [--matcher ...]         COLMAP SfM from SCENE/images
     splat edit RUN --scene SCENE --source "..." --target "..."  edit a trained scene with a prompt (splat.edit)
 
-CKPT may be a checkpoint (.pt), a 3DGS PLY (ours or the original implementation's) or a run folder.
+CKPT may be a checkpoint (.pt), a 3DGS PLY (ours or the original implementation's), a run folder, or a file
+`splat export` writes (.splat, .compressed.ply, .spz, .sog, .png.zip).
 Every option is documented in ``splat <command> --help``. Options for ``train`` come from a preset,
 then ``SCENE/splat.json`` (a JSON object of option names, with underscores, to values), then the flags.
 Paths (``--out``, ``--resume``, ``--cache-dir``, ``--images``) come from the flags only: ``splat.json``
@@ -19,7 +20,8 @@ settings; only steps, eval/save steps, checkpointing, output, progress and devic
 
 Exit codes: 0 ok, 1 internal error (a bug: please report it with the traceback), 2 bad input or usage
 (configuration, scene, checkpoint, an output that cannot be written or a full disk; one line on stderr
-naming the problem), 3 training diverged, 130 interrupted.
+naming the problem), 3 training diverged, 130 interrupted by Ctrl-C, 143 training stopped by SIGTERM (both
+write a checkpoint of the last finished step and print the command that resumes the run).
 """
 
 from __future__ import annotations
@@ -59,15 +61,21 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, TrainingInterrupted):
             print(f"splat {name}: {e}", file=sys.stderr)
-        else:
-            print(f"splat {name}: interrupted", file=sys.stderr)
+            return 128 + e.signum  # as a shell reports the signal: 130 Ctrl-C, 143 SIGTERM
+        print(f"splat {name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
 def entry() -> int:
     """The ``splat`` console script: :func:`main`, and under torchrun an immediate exit afterwards (see
-    :func:`splat.train.distributed.end_worker`)."""
-    code = main()
+    :func:`splat.train.distributed.end_worker`). Output into a closed pipe (``splat --help | head``) ends
+    quietly."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away: nothing more to say, and nothing to say it to
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     if "WORLD_SIZE" in os.environ:  # a torchrun launch (the module imports torch)
         from splat.train.distributed import end_worker
 

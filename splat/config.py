@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -27,8 +28,9 @@ from typing import Literal
 
 SCENE_CONFIG_NAME = "splat.json"
 
-# Fields that name files or folders: never taken from a scene's splat.json or from a checkpoint.
-PATH_FIELDS = ("out", "resume", "cache_dir", "images")
+# Fields that name files or folders, or say what may become of them: never taken from a scene's splat.json
+# or from a checkpoint.
+PATH_FIELDS = ("out", "resume", "cache_dir", "images", "overwrite")
 # Fields that may differ between a checkpoint and the run that resumes it (anything else is refused).
 RESUME_SAFE_FIELDS = (
     *PATH_FIELDS,
@@ -47,6 +49,90 @@ RESUME_SAFE_FIELDS = (
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field, the value and what is allowed."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# limits: every size that comes from a flag or a file is checked against one of these before memory is
+# spent on it; each can be raised with its environment variable
+# ------------------------------------------------------------------------------------------------------
+LIMITS = {
+    "frames": ("SPLAT_MAX_FRAMES", 20_000),  # frames / cameras of a camera path (11 minutes at 30 fps)
+    "frame_size": ("SPLAT_MAX_FRAME_SIZE", 8192),  # width or height of a rendered frame, in pixels
+    "image_pixels": ("SPLAT_MAX_IMAGE_PIXELS", 100_000_000),  # pixels of an input photo (header size)
+    "json_bytes": ("SPLAT_MAX_JSON_MB", 64),  # a splat.json or camera-path file, in MB
+}
+JSON_DEPTH = 64  # nesting of a splat.json / camera-path file (ours are at most 4 deep)
+
+
+def limit(name: str) -> int:
+    """The limit ``name`` of :data:`LIMITS`: its environment variable when set, else the default."""
+    var, default = LIMITS[name]
+    text = os.environ.get(var)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{var}={text!r} must be a positive integer") from None
+    if value < 1:
+        raise ConfigError(f"{var}={text!r} must be a positive integer")
+    return value
+
+
+def how_to_raise(name: str) -> str:
+    """``"raise it with SPLAT_MAX_X=N"``: the end of every limit's message."""
+    return f"raise it with the environment variable {LIMITS[name][0]}"
+
+
+def check_limit(name: str, value: int, what: str) -> None:
+    """Refuse ``value`` beyond limit ``name``: ``"{what} N is more than this run allows: at most M; raise
+    it with ..."``."""
+    most = limit(name)
+    if value > most:
+        raise ConfigError(f"{what} {value} is more than allowed: at most {most}; {how_to_raise(name)}")
+
+
+def read_json(path: Path, what: str, error: type[ValueError] = ConfigError):
+    """The JSON in ``path``, bounded: the file's size (``SPLAT_MAX_JSON_MB``) and its nesting
+    (:data:`JSON_DEPTH`) are checked before it is parsed; every failure is ``error`` naming ``what``."""
+    try:
+        size = path.stat().st_size
+        mb = limit("json_bytes")
+        if size > mb * 2**20:
+            raise error(f"{what} is {size / 2**20:.1f} MB: at most {mb} MB; {how_to_raise('json_bytes')}")
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise error(f"{what} is not a text file") from None
+    except OSError as e:
+        raise error(f"cannot read {what}: {e.strerror or e}") from e
+    depth = _json_depth(text)
+    if depth > JSON_DEPTH:
+        raise error(f"{what} is nested too deeply ({depth} levels of [ or {{; at most {JSON_DEPTH})")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} is not valid JSON: {e}") from e
+
+
+_JSON_TOKEN = re.compile(r'\\.|[\[\]{}"]', re.S)
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of ``[`` / ``{`` outside strings (a linear scan: no recursion, no parse)."""
+    depth = most = 0
+    in_string = False
+    for m in _JSON_TOKEN.finditer(text):
+        ch = m.group()
+        if ch == '"':
+            in_string = not in_string
+        elif in_string or len(ch) == 2:  # inside a string, or an escape such as \"
+            continue
+        elif ch in "[{":
+            depth += 1
+            most = max(most, depth)
+        else:
+            depth -= 1
+    return most
 
 
 @dataclass
@@ -110,6 +196,8 @@ class TrainConfig(DensifyConfig):
     """Show a live progress bar (loss, PSNR, number of Gaussians, it/s)."""
     resume: Path | None = None
     """Checkpoint (.pt) to resume from: its settings are restored (only steps, eval/save steps, checkpointing, output and progress options may change) and the run then ends exactly as an uninterrupted one."""
+    overwrite: bool = False
+    """Replace the run already in --out (its checkpoints, PLY files, metrics and config). Without it (or --resume) a new run refuses a folder that holds another run."""
     ckpt_every: int = 1000
     """Write a resumable checkpoint every this many steps (0: only at save_steps and the end). A checkpoint holds the Gaussians and their Adam state: about 720 bytes per Gaussian at sh_degree 3 (0.72 GB per million Gaussians)."""
     keep_ckpts: int = 3
@@ -293,6 +381,7 @@ _RULES = {
     "seed": _int(0),
     "progress": _bool(),
     "resume": _path(optional=True),
+    "overwrite": _bool(),
     "ckpt_every": _int(0),
     "keep_ckpts": _int(0),
     "save_steps": _steps_list(),
@@ -498,12 +587,7 @@ def load_scene_overrides(scene: Path) -> dict:
     path = Path(scene) / SCENE_CONFIG_NAME
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from e
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from e
+    data = read_json(path, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object of option names to values")
     return data

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor
 
@@ -31,11 +31,18 @@ class OutputError(ValueError):
 
 
 def atomic_save_image(path: Path, image: Tensor) -> None:
-    """Save an [H, W, 3] float image in [0, 1] as PNG, atomically."""
-    arr = (image.detach().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    """Save an [H, W, 3] float image in [0, 1] (or uint8, as :func:`to_uint8` makes) as PNG, atomically."""
+    arr = to_uint8(image).cpu().numpy()
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def to_uint8(image: Tensor) -> Tensor:
+    """A float image in [0, 1] as uint8 (rounded to nearest, as PNGs are written); uint8 is returned as is."""
+    if image.dtype == torch.uint8:
+        return image
+    return (image.detach().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
 
 
 def image_stem(name: str) -> str:

@@ -23,7 +23,7 @@ def _run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_help_lists_every_stage(tmp_path):
     proc = _run("--help", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for stage in ("quick", "install", "tests", "render", "editkit", "splat-cup-7k", "splat-cup", "splat-beercan",
+    for stage in ("quick", "install", "tests", "render", "ranks", "editkit", "flow-quick", "flow", "splat-cup-7k", "splat-cup", "splat-beercan",
                   "real-edit", "scene-edit", "all"):
         assert f"  {stage} " in proc.stdout, stage
     assert "no CUDA device" in proc.stdout  # the refusal is documented

@@ -85,9 +85,17 @@ DEFAULTS = {
 
 
 def default_config(pipe, **overrides) -> FlowEditConfig:
-    """The reference defaults of the pipeline's family, with ``overrides`` (``None`` values ignored)."""
+    """The reference defaults of the pipeline's family, with ``overrides`` (``None`` values ignored).
+
+    Given ``num_inference_steps`` without ``n_max``, ``n_max`` keeps the reference's fraction of the steps
+    (33/50 on SD3, 24/28 on FLUX; rounded, at least 1): the edit's strength does not change with the step count.
+    """
     base = DEFAULTS[fs.family(pipe)]
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None}).validate()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "num_inference_steps" in given and "n_max" not in given and isinstance(given["num_inference_steps"], int):
+        given["n_max"] = max(1, round(given["num_inference_steps"] * base.n_max / base.num_inference_steps))
+        given["n_max"] = max(given["n_max"], given.get("n_min", base.n_min) + 1)
+    return replace(base, **given).validate()
 
 
 @dataclass

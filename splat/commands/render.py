@@ -10,7 +10,7 @@ from typing import Literal
 
 import tyro
 
-from splat.config import ConfigError
+from splat.config import ConfigError, check_limit
 
 
 @dataclass
@@ -120,10 +120,13 @@ def render_video(cmd: RenderCommand) -> int:
         raise ConfigError("give either --path or --path-file, not both")
     if cmd.frames < 1:
         raise ConfigError(f"frames must be at least 1, got {cmd.frames}")
+    check_limit("frames", cmd.frames, "--frames")  # before a path of that many cameras is made
     if cmd.fps is not None and not 0 < cmd.fps <= 240:
         raise ConfigError(f"fps must be in (0, 240], got {cmd.fps}")
     if cmd.width is not None and cmd.width < 2:
         raise ConfigError(f"width must be at least 2 pixels, got {cmd.width}")
+    if cmd.width is not None:
+        check_limit("frame_size", cmd.width, "--width")
     if cmd.path is not None and cmd.scene is None:
         raise ConfigError(f"--path {cmd.path} needs --scene: the path is fitted to the training cameras")
     model = load_model(cmd.checkpoint)
@@ -139,6 +142,7 @@ def render_video(cmd: RenderCommand) -> int:
         w0, h0 = cams.sizes[idx[0]]
         width = cmd.width or w0
         width, height = max(2, width // 2 * 2), max(2, round(width * h0 / w0) // 2 * 2)  # even, for H.264
+        check_limit("frame_size", height, f"--width {width} makes frames whose height")
         Ks = []
         for i in idx:
             K = cams.Ks[i].copy()

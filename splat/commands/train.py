@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ class TrainCommand:
     """Port of the --viewer web server."""
     viewer_wait: bool = True
     """With --viewer: keep serving after training until Ctrl-C."""
+    dist_timeout: float = 7200.0
+    """Under torchrun: seconds a rank waits in a collective for the others (rank 0 reads and undistorts
+    the scene while the others wait; `splat prepare --cache-dir` can do that beforehand)."""
 
 
 def parse_train(argv: list[str]) -> tuple[Path, TrainConfig]:
@@ -58,11 +62,13 @@ def parse_train(argv: list[str]) -> tuple[Path, TrainConfig]:
     return cmd.scene, cmd.config
 
 
-def parse_train_command(argv: list[str]) -> TrainCommand:
+def parse_train_command(argv: list[str], world_size: int = 1) -> TrainCommand:
     """Two passes: find the scene, preset and checkpoint, then re-parse with their settings as defaults.
 
     The defaults are the preset with the scene's ``splat.json`` applied, or, with ``--resume CKPT``, the
     checkpoint's saved settings (the preset and ``splat.json`` are then not used); flags win either way.
+    On resume without ``--batch-size``, the batch size is the checkpoint's global batch divided by
+    ``world_size`` (the number of processes) when it divides: 2 processes x 1 view resume as 1 x 2.
     """
     from splat.config import ConfigError, config_from_checkpoint, scene_config, validate
 
@@ -74,7 +80,13 @@ def parse_train_command(argv: list[str]) -> TrainCommand:
         if any(a == "--preset" or a.startswith("--preset=") for a in argv):
             raise ConfigError("--preset does not apply with --resume: the checkpoint's settings are restored")
 
-        defaults = config_from_checkpoint(read_checkpoint(first.config.resume), str(first.config.resume))
+        ckpt = read_checkpoint(first.config.resume)
+        defaults = config_from_checkpoint(ckpt, str(first.config.resume))
+        global_batch = int(ckpt.get("global_batch", 1))
+        given = any(a == "--batch-size" or a.startswith("--batch-size=") for a in argv)
+        if not given and global_batch % world_size == 0:
+            defaults = dataclasses.replace(defaults, batch_size=global_batch // world_size)
+        del ckpt
     else:
         defaults = scene_config(first.scene, first.preset)
     second = tyro.cli(
@@ -134,18 +146,21 @@ def train_with_viewer(
 
 
 def main(argv: list[str]) -> int:
+    # first: `splat train --help` imports no torch; the process count (torchrun's WORLD_SIZE, checked
+    # by distributed.from_env below) sets the batch size a resumed run infers from its checkpoint
+    world = os.environ.get("WORLD_SIZE", "1")
+    cmd = parse_train_command(argv, int(world) if world.isdigit() and int(world) > 0 else 1)
     from splat.train import distributed
     from splat.train.trainer import train
 
     ctx = distributed.from_env()  # several processes when launched by torchrun
-    cmd = parse_train_command(argv)
     cfg = cmd.config
     sfm = PrepareConfig(**{**vars(cmd.sfm), "overwrite": False, "progress": cfg.progress})
     if ctx.enabled:
         if cmd.viewer:
             raise distributed.LaunchError("--viewer does not apply to a distributed run (torchrun)")
         cfg = dataclasses.replace(cfg, device=distributed.rank_device(ctx, cfg.device))
-        with distributed.process_group(ctx, cfg.device):
+        with distributed.process_group(ctx, cfg.device, cmd.dist_timeout):
             result = train(cmd.scene, cfg, sfm=sfm, dist=ctx)
         if not ctx.is_main:
             return 0

@@ -38,8 +38,9 @@ class EditConfig:
     """What the photos show now ("a photo of a cup on a table")."""
     target: str
     """What they should show ("a photo of a golden cup on a table")."""
-    method: Literal["p2p", "pnp"] = "p2p"
-    """Per-view edit: Prompt-to-Prompt (attention control, local blend) or Plug-and-Play (feature injection)."""
+    method: Literal["p2p", "pnp", "flowedit"] = "p2p"
+    """Per-view edit: Prompt-to-Prompt (attention control, local blend) or Plug-and-Play (feature injection)
+    with a Stable Diffusion UNet; FlowEdit (inversion-free: no inversion cache) with SD3 / SD3.5 / FLUX.1."""
     edit: Literal["replace", "refine", "reweight"] = "replace"
     """Prompt-to-Prompt edit: replace (word swap: as many words in both prompts), refine (words added or
     changed), reweight (scale the attention of --reweight words)."""
@@ -57,7 +58,8 @@ class EditConfig:
     self_replace: float = 0.4
     """Prompt-to-Prompt: fraction of the steps with the source's self-attention."""
     model: str = DEFAULT_MODEL
-    """Stable Diffusion 1.x/2.x/SDXL weights: hub id, diffusers folder or single .safetensors file."""
+    """Diffusion weights: hub id, diffusers folder or single .safetensors file (Stable Diffusion 1.x/2.x/SDXL
+    for p2p / pnp; SD3 / SD3.5 / FLUX.1 for flowedit)."""
     steps: int = 50
     """DDIM steps of the inversion and of each edit (the edit runs the last strength x steps of them)."""
     guidance: float = 7.5
@@ -68,6 +70,11 @@ class EditConfig:
     """Noise level of each edit: the fraction of the DDIM steps run from the noised render (0-1]."""
     strength_end: float | None = None
     """Anneal the strength linearly to this value over the run (default: fixed strength)."""
+    lower_bound: float | None = None
+    """Random noise level: each edit's strength drawn uniformly in [lower_bound, upper_bound] (seeded, as
+    Instruct-NeRF2NeRF's --lower-bound / --upper-bound: 0.02 / 0.98) instead of --strength."""
+    upper_bound: float | None = None
+    """Random noise level: upper end of the draw (see --lower-bound)."""
     edit_every: int = 10
     """Training steps between two view edits (Instruct-NeRF2NeRF: 10)."""
     iterations: int | None = None
@@ -77,8 +84,14 @@ class EditConfig:
     residual: bool = True
     """New training image = render + decode(target) - decode(encode(render)): what the edit changed, applied
     to the render (the VAE's round-trip loss cancels); else decode(target), as Instruct-NeRF2NeRF."""
+    densify: Literal["off", "prune", "full"] = "off"
+    """Gaussians during the edit: "off" (moved and recoloured only), "prune" (transparent and oversized ones
+    removed every --refine-every steps), "full" (3DGS's clone / split / prune as well: shape edits need new
+    Gaussians)."""
+    refine_every: int = 100
+    """Training steps between two prunings / densifications of --densify."""
     seed: int = 0
-    """Seed of the training and of the order in which views are edited."""
+    """Seed of the training, of the order in which views are edited and of the random noise levels."""
     device: str = "auto"
     """Torch device of the Gaussians and the diffusion model ("auto": cuda if available, else cpu)."""
     cache_dir: Path | None = None
@@ -108,7 +121,18 @@ def plan_edit(cfg: EditConfig):
                     start_step(steps, value)
                 except ValueError as e:
                     raise InputError(f"{name}: {e}") from None
-        for name in ("edit_every", "iterations"):
+        bounds = (cfg.lower_bound, cfg.upper_bound)
+        if (bounds[0] is None) != (bounds[1] is None):
+            raise InputError("a random noise level needs both --lower-bound and --upper-bound")
+        if bounds[0] is not None:
+            if cfg.strength_end is not None:
+                raise InputError("--strength-end anneals a fixed strength: drop it, or drop --lower-bound / --upper-bound")
+            lo, hi = bounds
+            if not all(isinstance(b, int | float) and not isinstance(b, bool) and 0.0 < b <= 1.0 for b in bounds) or lo > hi:
+                raise InputError(f"lower_bound / upper_bound must satisfy 0 < lower <= upper <= 1, got {lo!r} / {hi!r}")
+        if cfg.densify not in ("off", "prune", "full"):
+            raise InputError(f"densify must be 'off', 'prune' or 'full', got {cfg.densify!r}")
+        for name in ("edit_every", "iterations", "refine_every"):
             value = getattr(cfg, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -117,7 +141,7 @@ def plan_edit(cfg: EditConfig):
         if cfg.inversion not in INVERSIONS:
             raise InputError(f"inversion must be one of {', '.join(INVERSIONS)}, got {cfg.inversion!r}")
         source, target = (cfg.source or "").strip(), (cfg.target or "").strip()
-        if cfg.method == "pnp":
+        if cfg.method in ("pnp", "flowedit"):
             if cfg.blend_words or cfg.blend_target_words or cfg.reweight or cfg.edit == "reweight":
                 raise InputError(
                     "local blend and re-weighting are Prompt-to-Prompt edits: use --method p2p, or drop "
@@ -127,7 +151,7 @@ def plan_edit(cfg: EditConfig):
                 raise InputError("Enter a target prompt (what the edited scene should show).")
             return None
         if cfg.method != "p2p":
-            raise InputError(f"method must be 'p2p' or 'pnp', got {cfg.method!r}")
+            raise InputError(f"method must be 'p2p', 'pnp' or 'flowedit', got {cfg.method!r}")
         weights = parse_reweight(list(cfg.reweight))
         if cfg.edit == "reweight" and not weights:
             raise InputError("--edit reweight needs words to re-weight: --reweight WORD=SCALE (e.g. golden=2)")
@@ -153,3 +177,16 @@ def plan_edit(cfg: EditConfig):
         return group
     except InputError as e:
         raise SceneEditError(str(e)) from None
+
+
+FLOW_FAMILIES = ("sd3", "flux")
+
+
+def check_method_family(method: str, family: str | None, model) -> None:
+    """Refuse a per-view edit the model's family does not offer (``family`` None: not known yet)."""
+    if family is None:
+        return
+    if method == "flowedit" and family not in FLOW_FAMILIES:
+        raise SceneEditError(f"--method flowedit needs an SD3 / SD3.5 or FLUX.1 model; {model} is {family}: use p2p or pnp")
+    if method != "flowedit" and family in FLOW_FAMILIES:
+        raise SceneEditError(f"{model} is a {family} model: its per-view edit is --method flowedit, not {method}")

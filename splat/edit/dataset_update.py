@@ -36,8 +36,11 @@ Two deliberate choices, both documented in docs/scene-editing.md:
   training image, and outside it the training pixels *are* the photo's (bit for bit); the latent-space
   blend alone leaves VAE round-trip differences everywhere.
 
-Densification is off while editing (the Gaussians are moved and recoloured, not re-grown), opacity resets
-too. Outputs (``out``): the edited checkpoint and PLY, ``renders/step_N`` of the held-out views before
+Densification is off while editing by default (the Gaussians are moved and recoloured, not re-grown);
+``densify="prune"`` / ``"full"`` turns gsplat's pruning (and cloning / splitting) on through the Trainer's
+``continue_training``; opacity resets stay off. The noise level may also be drawn per edit uniformly in
+``[lower_bound, upper_bound]`` (IN2N's random timestep). After the edit, :mod:`splat.edit.consistency`
+measures how well the edited training images agree in 3D (``consistency`` in ``edit.json``). Outputs (``out``): the edited checkpoint and PLY, ``renders/step_N`` of the held-out views before
 and after against the original photos, ``before_after/`` (before left, after right, and a contact sheet),
 ``edited_images/`` (every training image as the last edit left it, and the blend masks), ``edit.json``.
 Every checkpoint of an edit also holds the edit's state (its training images as they were at that step, the
@@ -53,7 +56,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splat.edit.config import EditConfig, SceneEditError, plan_edit
+import numpy as np
+
+from splat.edit.config import EditConfig, SceneEditError, check_method_family, plan_edit
 from splat.edit.view_editor import ViewEditor
 
 
@@ -66,8 +71,11 @@ class EditResult:
     views_edited: int  # view edits made (a view may be edited several times)
     inversions_computed: int
     inversions_loaded: int  # from the on-disk cache
-    seconds_per_edit: float  # mean time of one view edit (render, diffusion, compositing)
+    seconds_per_edit: float  # mean time of one view edit (render, diffusion, compositing; no first-time inversion)
     elapsed_s: float
+    strengths: list = field(default_factory=list)  # the noise level of each edit, in order
+    num_gaussians: tuple = (0, 0)  # before and after the edit
+    consistency: dict = field(default_factory=dict)  # splat.edit.consistency.multiview_consistency
     before: dict = field(default_factory=dict)  # held-out metrics against the original photos
     after: dict = field(default_factory=dict)
     contact_sheet: Path | None = None
@@ -118,6 +126,13 @@ def _read_edit_state(resume: str | Path, cfg: EditConfig, start: int) -> tuple[d
 
 
 def _strength_at(cfg: EditConfig, k: int, total: int) -> float:
+    """The noise level of edit ``k`` (0-based) of ``total``: fixed, annealed, or drawn uniformly in
+    [lower_bound, upper_bound] from a generator seeded with (seed, k) (a resumed edit draws the same), then
+    rounded to whole DDIM steps, at least one."""
+    if cfg.lower_bound is not None:
+        u = float(np.random.default_rng([cfg.seed, k]).uniform(cfg.lower_bound, cfg.upper_bound))
+        run = min(cfg.steps, max(1, int(cfg.steps * u)))  # steps run, as editkit.sampling.start_step counts
+        return min(1.0, (run + 0.5) / cfg.steps)
     if cfg.strength_end is None or total <= 1:
         return float(cfg.strength)
     return float(cfg.strength + (cfg.strength_end - cfg.strength) * k / (total - 1))
@@ -162,7 +177,6 @@ def edit_scene(
         OutputError: ``out`` exists with files in it, or cannot be written.
         editkit.models.ModelNotFoundError: no diffusion weights at ``cfg.model``.
     """
-    import numpy as np
     import torch
     from tqdm.auto import tqdm
 
@@ -176,6 +190,18 @@ def edit_scene(
     run, scene, out = Path(run), Path(scene), Path(out)
     # 1. Inputs: settings and prompts, the run's model, the scene, the output folder (nothing written)
     group = plan_edit(cfg)
+    if pipe is None:  # a method the model's family does not offer is refused before anything is loaded
+        from editkit.models import detect_family
+
+        check_method_family(cfg.method, detect_family(cfg.model), cfg.model)
+    else:
+        from editkit.models import UnsupportedModelError, family_of
+
+        try:
+            family = family_of(pipe)
+        except UnsupportedModelError:
+            family = None  # not a pipeline editkit knows: its own errors say so where it is used
+        check_method_family(cfg.method, family, "the given pipeline")
     model = load_model(run)
     file, start = model.source, model.step
     resumed, resume_file = None, None
@@ -188,14 +214,20 @@ def edit_scene(
     # 2. The trainer, continuing from the run's Gaussians (and Adam moments): no densification, no opacity reset
     trainer = Trainer.from_model(scene, model, dataclasses.replace(
         model.config, out=out, device=str(device), resume=None, progress=False, save_renders=False))  # fmt: skip
+    del model  # the trainer holds the Gaussians now: no second copy (and its Adam moments) for the whole edit
     n_train = len(trainer.train_set)
+    n_before = len(trainer.params["means"])
     iterations = cfg.iterations or cfg.edit_every * n_train * 2
     end = start + iterations
     photos = {i: trainer.train_set.image_u8(i).clone() for i in range(n_train)}  # the original photos
     # resumed: the edit's own checkpoint, Gaussians, Adam, RNG and metrics (restored by train())
+    refine = {"refine_start": start, "refine_every": cfg.refine_every, "refine_stop": end + 1,
+              "mcmc_refine_stop": end + 1} if cfg.densify != "off" else {"refine_stop": 0, "mcmc_refine_stop": 0}
+    if cfg.densify == "prune":  # no gradient reaches this: nothing is cloned or split, only pruned
+        refine["grow_grad2d"] = 1e9
     trainer.continue_training(
-        "edit", steps=end, eval_steps=(start, end), save_steps=(end,), refine_stop=0, mcmc_refine_stop=0,
-        reset_every=0, seed=cfg.seed, save_renders=True, resume=resume_file,
+        "edit", steps=end, eval_steps=(start, end), save_steps=(end,), reset_every=0, seed=cfg.seed,
+        save_renders=True, resume=resume_file, **refine,
     )  # fmt: skip
     if resumed is not None:
         for i, image in resumed["images"].items():
@@ -212,17 +244,19 @@ def edit_scene(
     order = torch.randperm(n_train, generator=g).tolist()  # the order in which views are edited
     total_edits = -(-iterations // cfg.edit_every)
     edited_dir = out / "edited_images"
+    edit_seconds: list[float] = []
 
     # 4. Before: the held-out views against the original photos
     check_output_dir(out)
     if resumed is None:
         before = trainer.evaluate(start)
         state = {"format": EDIT_STATE_FORMAT, "start_step": start, "settings": _settings(cfg), "edits": 0,
-                 "images": {}}  # fmt: skip
+                 "images": {}, "strengths": []}  # fmt: skip
         done = 0
     else:
         before = resumed["metrics"].get(str(start), {})
         state = {k: v for k, v in resumed.items() if k not in ("metrics", "step")}  # as saved
+        state.setdefault("strengths", [])
         done = resumed["step"] - start
         for i, image in state["images"].items():  # the files as the checkpoint has them
             atomic_save_image(edited_dir / f"{image_stem(trainer.train_set.views[int(i)].name)}.png", image.float() / 255.0)
@@ -237,10 +271,15 @@ def edit_scene(
         if k % cfg.edit_every == 0:  # Iterative Dataset Update: one view per edit_every steps
             v = order[state["edits"] % n_train]
             f = tr.train_set[v]
+            t0, inverted = time.perf_counter(), editor.inversion_seconds
             with torch.no_grad():
                 render, _, _ = tr.render(f.K.to(tr.device), f.viewmat.to(tr.device), f.width, f.height,
                                          tr.active_sh_degree(step))
-            image, mask = editor.edit(photos[v], render.cpu(), _strength_at(cfg, state["edits"], total_edits))
+            strength = _strength_at(cfg, state["edits"], total_edits)
+            image, mask = editor.edit(photos[v], render.cpu(), strength)
+            # the view edit's time: render, diffusion, compositing; a first-time inversion is not an edit's cost
+            edit_seconds.append(time.perf_counter() - t0 - (editor.inversion_seconds - inverted))
+            state["strengths"].append(strength)
             tr.set_train_image(v, image)
             state["images"][str(v)] = image
             stem = image_stem(f.name)
@@ -272,6 +311,13 @@ def edit_scene(
     sheet = save_comparisons(pairs, left="before", right="after", caption="left: before the edit, right: after") \
         if pairs.is_dir() else None
     after = trainer.metrics.get(str(end), {})
+    # 6. Multi-view consistency of the edited training images (the edited scene's depth carries each into
+    # its neighbours), and of the same views' photos as the reference
+    from splat.edit.consistency import multiview_consistency
+
+    edited = {int(i): image for i, image in state["images"].items()}
+    consistency = multiview_consistency(trainer, edited)
+    consistency["photos_psnr"] = multiview_consistency(trainer, {i: photos[i] for i in edited})["psnr"]
     summary = EditResult(
         out=out,
         checkpoint=result.checkpoint,
@@ -280,7 +326,10 @@ def edit_scene(
         views_edited=state["edits"],
         inversions_computed=editor.computed,
         inversions_loaded=editor.loaded,
-        seconds_per_edit=float(np.mean(editor.edit_seconds)) if editor.edit_seconds else 0.0,
+        seconds_per_edit=float(np.mean(edit_seconds)) if edit_seconds else 0.0,
+        strengths=[float(x) for x in state["strengths"]],
+        num_gaussians=(n_before, len(trainer.params["means"])),
+        consistency=consistency,
         elapsed_s=time.perf_counter() - t_start,
         before=before,
         after=after,

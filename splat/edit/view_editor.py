@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from splat.edit.config import EditConfig, default_cache_dir
+from splat.edit.fingerprint import pipeline_fingerprint
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -35,16 +37,6 @@ def _to_pil(image_u8: Tensor, size: tuple[int, int]) -> Image.Image:
     return pil if pil.size == size else pil.resize(size, Image.Resampling.LANCZOS)
 
 
-def _model_fingerprint(pipe) -> str:
-    """Identifies the weights an inversion was made with: the pipeline's name, the UNet's configuration and
-    sums of a few of its weights (cheap, and different for any two checkpoints in practice)."""
-    unet = pipe.unet
-    probes = [unet.conv_in.weight, unet.conv_out.weight, next(iter(unet.down_blocks.parameters()))]
-    sums = [repr(round(float(p.detach().double().sum()), 6)) for p in probes]
-    name = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
-    return json.dumps([str(name), dict(unet.config), sums], sort_keys=True, default=str)
-
-
 class ViewEditor:
     """Edits one training view at a time: the photo's inversion (cached on disk), then the edit of a render.
 
@@ -62,14 +54,16 @@ class ViewEditor:
 
         self.pipe, self.cfg, self.group = pipe, cfg, group
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.long_side = cfg.edit_size or max(default_size(pipe))
-        self.multiple = model_multiple(pipe)
+        self.flow = cfg.method == "flowedit"  # SD3 / FLUX: FlowEdit edits the render, no inversion
+        native = int(pipe.default_sample_size * pipe.vae_scale_factor) if self.flow else max(default_size(pipe))
+        self.long_side = cfg.edit_size or native
+        self.multiple = 2 * pipe.vae_scale_factor if self.flow else model_multiple(pipe)  # flows patchify 2x2
         self.method = "ddim" if cfg.method == "pnp" else cfg.inversion
-        self.fingerprint = _model_fingerprint(pipe)
+        self.fingerprint = None if self.flow else pipeline_fingerprint(pipe)  # every component's weights and config, once per edit
         self._memory: OrderedDict[str, object] = OrderedDict()  # the latest inversions, by cache key
         self._computed: set[str] = set()
         self._loaded: set[str] = set()
-        self.edit_seconds: list[float] = []
+        self.inversion_seconds = 0.0  # spent computing inversions (not reading them from memory or disk)
 
     @property
     def computed(self) -> int:
@@ -87,7 +81,7 @@ class ViewEditor:
     def _key(self, photo: Image.Image) -> str:
         import numpy as np
 
-        h = hashlib.sha256(b"splat-edit-inversion-1\0")
+        h = hashlib.sha256(b"splat-edit-inversion-2\0")
         h.update(json.dumps([self.fingerprint, self.cfg.source.strip(), self.method, self.cfg.steps,
                              float(self.cfg.guidance), photo.size]).encode())
         h.update(np.asarray(photo).tobytes())
@@ -114,18 +108,31 @@ class ViewEditor:
             except ValueError:  # unreadable or from another model: computed again and replaced
                 inv = None
         if inv is None:
+            t0 = time.perf_counter()
             inv = invert(self.pipe, photo, self.cfg.source.strip(), self.method, self.cfg.steps, self.cfg.guidance,
                          size=(photo.height, photo.width), progress=False)
             self._computed.add(key)
-            try:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                inv.save(path)
-            except OSError:  # a read-only cache only costs the next run the inversion again
-                pass
+            self.inversion_seconds += time.perf_counter() - t0
+            self._cache_write(inv, path)
         self._memory[key] = inv
-        while len(self._memory) > self.MEMORY:
+        while len(self._memory) > self.MEMORY and self._cache_writable:  # without a disk cache all stay here
             self._memory.popitem(last=False)
         return inv
+
+    _cache_writable = True
+
+    def _cache_write(self, inv, path: Path) -> None:
+        """Save an inversion to the disk cache. A cache that cannot be written costs the next run the
+        inversions again: one warning, then this run keeps every inversion in memory and stops trying."""
+        if not self._cache_writable:
+            return
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            inv.save(path)
+        except OSError as e:
+            self._cache_writable = False
+            print(f"splat edit: warning: the inversion cache {self.cache_dir} cannot be written "
+                  f"({e.strerror or e}); inversions are kept in memory for this run only", file=sys.stderr)  # fmt: skip
 
     def edit(self, photo_u8: Tensor, render: Tensor, strength: float) -> tuple[Tensor, Tensor | None]:
         import torch
@@ -137,10 +144,12 @@ class ViewEditor:
         import torch
         import torch.nn.functional as F
 
+        if self.flow:
+            return self._flowedit(photo_u8, render, strength), None
+
         from editkit.image import image_to_tensor
         from editkit.sampling import decode_latents, encode_image
 
-        t0 = time.perf_counter()
         pipe, cfg = self.pipe, self.cfg
         H, W = photo_u8.shape[:2]
         size = self.size_for(W, H)
@@ -182,5 +191,36 @@ class ViewEditor:
         if mask is not None:
             pixel_mask = F.interpolate(mask.cpu(), size=(H, W), mode="nearest")[0, 0] > 0.5  # [H, W]
             edited_u8 = torch.where(pixel_mask[..., None], edited_u8, photo_u8.cpu())
-        self.edit_seconds.append(time.perf_counter() - t0)
         return edited_u8, pixel_mask
+
+    def _flowedit(self, photo_u8: Tensor, render: Tensor, strength: float) -> Tensor:
+        """FlowEdit of the render (SD3 / FLUX): the last ``strength`` of the steps (``n_max``), the family's
+        reference settings otherwise; noise seeded by the seed and the render, so a resumed edit draws the same.
+        With ``residual``: the render plus what the edit changed against the render's own VAE round trip."""
+        import hashlib
+
+        import torch
+        import torch.nn.functional as F
+
+        from editkit.flow import sampling as fs
+        from editkit.flow.flowedit import flowedit
+        from editkit.image import image_to_tensor
+
+        pipe, cfg = self.pipe, self.cfg
+        H, W = photo_u8.shape[:2]
+        size = self.size_for(W, H)
+        render_u8 = (render.detach().clamp(0, 1) * 255.0).round().to(torch.uint8)
+        pixels = image_to_tensor(_to_pil(render_u8, size)).to(pipe._execution_device)  # [1, 3, h, w] in [-1, 1]
+        digest = hashlib.sha256(render_u8.cpu().numpy().tobytes()).digest()
+        generator = torch.Generator().manual_seed((cfg.seed * 1_000_003 + int.from_bytes(digest[:6], "big")) % 2**63)
+        steps = cfg.steps
+        res = flowedit(pipe, pixels.to(pipe.transformer.dtype), cfg.source.strip(), cfg.target.strip(),
+                       num_inference_steps=steps, n_max=max(1, min(steps, round(strength * steps))),
+                       generator=generator, output_type="latent")  # fmt: skip
+        rows = [res.latents, res.source_latents] if cfg.residual else [res.latents]
+        decoded = fs.decode_latents(pipe, torch.cat([r.to(pipe.transformer.dtype) for r in rows]), "pt")
+        decoded = decoded.float().cpu()  # [1 or 2, 3, h, w] in [0, 1]
+        render_f = (render_u8.permute(2, 0, 1)[None].float() / 255.0).cpu()  # [1, 3, H, W]
+        back = lambda x: F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False, antialias=True)  # noqa: E731
+        edited = render_f + back(decoded[:1] - decoded[1:2]) if cfg.residual else back(decoded[:1])
+        return (edited.clamp(0, 1)[0].permute(1, 2, 0) * 255.0).round().to(torch.uint8)

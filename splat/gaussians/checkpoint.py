@@ -8,7 +8,7 @@
   and poses); resuming, rendering or evaluating it on another scene is refused.
 * Cost: the parameters (59 floats per Gaussian at SH degree 3), their two Adam moments and the densifier's
   running statistics: 720 bytes per Gaussian measured (200k Gaussians), 0.72 GB per million
-  (``tests/splat/test_config.py`` checks the figure).
+  (``tests/splat/train/test_config.py`` checks the figure).
 * :func:`prune_checkpoints` keeps the newest few ``ckpt_NNNNNN.pt`` files and the ones at ``save_steps``.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -77,9 +77,13 @@ def check_scene(ckpt: dict, fingerprint: str, checkpoint: str | Path, scene: Pat
         )
 
 
-def prune_checkpoints(folder: Path, keep_last: int, keep_steps: Iterable[int]) -> list[Path]:
+def prune_checkpoints(
+    folder: Path, keep_last: int, keep_steps: Iterable[int], owned: Callable[[Path], bool] | None = None
+) -> list[Path]:
     """Remove ``folder/ckpt_NNNNNN.pt`` files except the newest ``keep_last`` (0: all) and those at
-    ``keep_steps``. Only files named like our checkpoints are touched. Returns the removed paths."""
+    ``keep_steps``. Only files named like our checkpoints are touched, and with ``owned`` only those for
+    which it is true (a run's own: another run's checkpoints are neither counted nor removed). Returns the
+    removed paths."""
     if keep_last <= 0 or not folder.is_dir():
         return []
     found = []
@@ -89,9 +93,12 @@ def prune_checkpoints(folder: Path, keep_last: int, keep_steps: Iterable[int]) -
             found.append((int(m.group(1)), p))
     found.sort()
     keep = set(keep_steps)
+    candidates = [(step, p) for step, p in found[:-keep_last] if step not in keep] if owned is None else found
     removed = []
-    for step, p in found[:-keep_last]:
-        if step not in keep:
-            p.unlink(missing_ok=True)
-            removed.append(p)
+    if owned is not None:  # the newest keep_last of the run's own files stay
+        mine = [(step, p) for step, p in candidates if owned(p)] if len(candidates) > keep_last else []
+        candidates = [(step, p) for step, p in mine[:-keep_last] if step not in keep]
+    for _, p in candidates:
+        p.unlink(missing_ok=True)
+        removed.append(p)
     return removed

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from splat.config import TrainConfig, config_from_checkpoint
 from splat.gaussians.checkpoint import CheckpointError, check_scene, read_checkpoint
+from splat.gaussians.formats import FormatError, format_for_path, load_gaussians_file
 from splat.gaussians.params import PARAM_KEYS
 from splat.gaussians.ply import read_ply
 from splat.render.rasterization import rasterize
@@ -40,7 +41,7 @@ from splat.render.rasterization import rasterize
 def find_model_file(path: str | Path) -> Path:
     """The file to load for ``path`` (a file itself, or the newest model in a run folder)."""
     path = Path(path)
-    if path.is_file():
+    if path.is_file() or (path.is_dir() and format_for_path(path) == "sog"):  # a SOG may be a folder
         return path
     if not path.exists():
         raise CheckpointError(f"{path} does not exist (expected a run folder, a checkpoint .pt or a .ply)")
@@ -98,8 +99,28 @@ def read_ply_model(file: Path) -> dict:
     return {"params": read_ply(file), "step": _ply_step(file), "config": _run_config_near(file)}
 
 
-READERS: dict[str, Callable[[Path], dict]] = {".ply": read_ply_model}
-"""Readers by lower-case file suffix; every other file is read as a checkpoint (:func:`read_checkpoint_model`)."""
+def read_shared_format(file: Path) -> dict:
+    """A file in one of the shared formats of :mod:`splat.gaussians.formats` (.splat, compressed PLY, SPZ,
+    SOG, the PNG archive), or a plain PLY: its parameters (degree as stored; ``.splat`` keeps none beyond
+    the DC term); a plain PLY in a run folder keeps its step and run settings as :func:`read_ply_model`."""
+    fmt = format_for_path(file)
+    if fmt == "ply":
+        try:
+            return read_ply_model(file)
+        except ValueError:
+            pass  # a compressed PLY under a plain .ply name, or a broken file: the codecs tell which
+    try:
+        params, _ = load_gaussians_file(file, fmt)
+    except FormatError as e:
+        raise CheckpointError(str(e)) from None
+    return {"params": params, "step": None, "config": None, "format": fmt}
+
+
+READERS: dict[str, Callable[[Path], dict]] = {
+    suffix: read_shared_format for suffix in (".ply", ".splat", ".spz", ".sog", ".zip", ".json")
+}
+"""Readers by lower-case file suffix (a SOG folder too); every other file is read as a checkpoint
+(:func:`read_checkpoint_model`)."""
 
 
 def _ply_step(file: Path) -> int | None:
@@ -114,9 +135,12 @@ def _run_config_near(file: Path) -> dict | None:
         return None
     try:
         data = json.loads(candidate.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or text
         return None  # not ours, or damaged: treat the PLY as one from elsewhere
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    data.pop("run_id", None)  # which run wrote it, not a setting
+    return data
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -244,7 +268,8 @@ def start_background_logit(model_record: dict, background: Tensor) -> Tensor:
 
 
 def checked_params(record: dict, source: str | Path) -> dict[str, Tensor]:
-    """The record's Gaussian parameters (float32, contiguous), their shapes checked against each other."""
+    """The record's Gaussian parameters (float32, contiguous), their shapes checked against each other and
+    every value finite."""
     params = record.get("params")
     missing = [k for k in PARAM_KEYS if not isinstance((params or {}).get(k), Tensor)]
     if missing:
@@ -258,6 +283,9 @@ def checked_params(record: dict, source: str | Path) -> dict[str, Tensor]:
     for key, shape in shapes.items():
         if tuple(params[key].shape) != shape:
             raise CheckpointError(f"{source}: {key} has shape {tuple(params[key].shape)}, expected {shape}")
+    bad = [k for k in PARAM_KEYS if not bool(torch.isfinite(params[k]).all())]
+    if bad:  # NaN / inf would render as nothing, score NaN, or spread into a training run
+        raise CheckpointError(f"{source}: {', '.join(bad)} hold non-finite values (NaN or inf); refusing the model")
     return params
 
 
@@ -270,9 +298,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Model:
     """
     file = find_model_file(path)
     suffix = file.suffix.lower()
-    record = READERS.get(suffix, read_checkpoint_model)(file)
+    reader = read_shared_format if file.is_dir() else READERS.get(suffix, read_checkpoint_model)
+    record = reader(file)
     params = checked_params(record, file)
-    kind = "checkpoint" if suffix not in READERS else suffix.lstrip(".")
+    kind = "checkpoint" if reader is read_checkpoint_model else record.get("format") or suffix.lstrip(".")
     cfg = config_from_checkpoint({"config": record.get("config") or {}}, str(file))
     if kind != "checkpoint":  # the file's own SH degree; its step, else a finished run's
         cfg = dataclasses.replace(cfg, sh_degree=sh_degree_for(1 + params["shN"].shape[1], str(file)))

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from safeio import atomic_write_bytes
+from splat.gaussians.checkpoint import CheckpointError
 
 
 def property_names(num_rest: int = 15) -> list[str]:
@@ -45,6 +46,8 @@ def write_ply(path: str | Path, splats: dict[str, Tensor]) -> None:
         splats["quats"].detach().cpu().float().reshape(n, 4),
     ]
     data = torch.cat(columns, dim=1).numpy().astype("<f4")
+    if not np.isfinite(data).all():  # a model with NaN / inf is never written (every reader refuses it)
+        raise CheckpointError(f"refusing to write {path}: the Gaussians hold non-finite values (NaN or inf)")
     names = property_names(num_rest)
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
     header += [f"property float {name}" for name in names]
@@ -54,19 +57,40 @@ def write_ply(path: str | Path, splats: dict[str, Tensor]) -> None:
 
 
 def read_ply(path: str | Path) -> dict[str, Tensor]:
-    """Read a PLY written in the 3DGS layout (by us or by the original code)."""
+    """Read a PLY written in the 3DGS layout (by us or by the original code). A file that is not one, is
+    truncated or declares more than it holds raises :class:`~splat.gaussians.checkpoint.CheckpointError`
+    naming the file and what is wrong (one line)."""
     path = Path(path)
-    raw = path.read_bytes()
-    end = raw.find(b"end_header\n")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read PLY {path}: {e.strerror or e}") from e
+    end = raw.find(b"end_header\n", 0, 1 << 20)  # a header is a few kB; never scan a whole large file
     if not raw.startswith(b"ply") or end < 0:
-        raise ValueError(f"{path} is not a PLY file")
-    header = raw[:end].decode("ascii").splitlines()
+        raise CheckpointError(f"{path} is not a PLY file (no 'ply ... end_header' header)")
+    try:
+        header = raw[:end].decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: the PLY header is not ASCII text") from None
     if "format binary_little_endian 1.0" not in header:
-        raise ValueError(f"{path}: only binary_little_endian PLY files are supported")
-    n = next(int(line.split()[2]) for line in header if line.startswith("element vertex"))
-    names = [line.split()[2] for line in header if line.startswith("property")]
-    if any(not line.startswith("property float ") for line in header if line.startswith("property")):
-        raise ValueError(f"{path}: every vertex property must be float32")
+        raise CheckpointError(f"{path}: only binary_little_endian PLY files are supported")
+    counts = [line.split() for line in header if line.startswith("element vertex")]
+    if len(counts) != 1 or len(counts[0]) != 3 or not counts[0][2].isdigit():
+        raise CheckpointError(f"{path}: the PLY header has no valid 'element vertex N' line")
+    n = int(counts[0][2])
+    props = [line.split() for line in header if line.startswith("property")]
+    if any(len(p) != 3 or p[1] != "float" for p in props):
+        raise CheckpointError(f"{path}: every vertex property must be a float32 ('property float NAME')")
+    names = [p[2] for p in props]
+    body = len(raw) - end - len(b"end_header\n")
+    need = n * len(names) * 4
+    if n == 0 or not names:
+        raise CheckpointError(f"{path} holds no Gaussians")
+    if body < need:
+        raise CheckpointError(
+            f"{path} is truncated: its header declares {n} vertices of {len(names)} floats ({need} bytes), "
+            f"the file holds {body} bytes after the header"
+        )
     data = np.frombuffer(raw, dtype="<f4", count=n * len(names), offset=end + len(b"end_header\n"))
     table = torch.from_numpy(data.reshape(n, len(names)).copy())
     col = {name: i for i, name in enumerate(names)}
@@ -74,7 +98,7 @@ def read_ply(path: str | Path) -> dict[str, Tensor]:
     def take(prefix_names: list[str]) -> Tensor:
         missing = [p for p in prefix_names if p not in col]
         if missing:
-            raise ValueError(f"{path}: missing vertex properties {missing}")
+            raise CheckpointError(f"{path}: missing vertex properties {missing}")
         return table[:, [col[p] for p in prefix_names]]
 
     num_rest = sum(name.startswith("f_rest_") for name in names) // 3

@@ -45,17 +45,19 @@ import json
 import logging
 import mmap
 import os
+import re
 import secrets
 import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from safeio import OwnershipError, WriteError, atomic_write_text, make_owned_dir, remove_owned_dir
+from splat.config import how_to_raise, limit
 
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
 # equidistant fisheye models without distortion parameters, which COLMAP's undistorter leaves as they are;
@@ -430,8 +432,33 @@ def _pinhole_K(camera) -> np.ndarray:
     return K
 
 
+def header_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` as the image's header declares them, nothing decoded; larger than
+    ``SPLAT_MAX_IMAGE_PIXELS`` is a :class:`SceneError` (checked here, before any decoder runs: PIL's own
+    decompression-bomb check, which would otherwise refuse first without the size, waits for this one)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # only the header is read below
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except FileNotFoundError:
+        raise SceneError(f"image {path} is listed in the COLMAP model but missing") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise SceneError(f"cannot read image {path}: {e}") from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    most = limit("image_pixels")
+    if width * height > most:
+        raise SceneError(
+            f"image {path} is {width}x{height} pixels ({width * height / 1e6:.0f} Mpx), more than allowed: "
+            f"at most {most / 1e6:.0f} Mpx; {how_to_raise('image_pixels')} (or downscale the photos)"
+        )
+    return width, height
+
+
 def check_image_size(path: Path, width: int, height: int) -> bool:
     """Check ``path`` is an image of the camera's size. Returns True if it needs its EXIF rotation."""
+    header_size(path)  # nothing decoded beyond the limit
     try:
         with Image.open(path) as im:
             raw = im.size
@@ -465,6 +492,16 @@ def list_images(image_dir: Path) -> list[str]:
             if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
                 names.append((rel / f).as_posix())
     return sorted(names)
+
+
+def _check_names_inside(model_dir: Path, names: list[str]) -> None:
+    """An image name is a path inside the images folder: absolute names and ``..`` are refused (a crafted
+    ``images.bin`` must not make the run read, or the undistortion write, files elsewhere)."""
+    for name in names:
+        pure = PurePosixPath(name.replace("\\", "/"))
+        if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", name) or not name.strip():
+            raise SceneError(f"COLMAP model {model_dir}: image name {name} leaves the images folder "
+                             "(absolute, or with '..'); image names are paths inside it")  # fmt: skip
 
 
 def _check_images_present(image_dir: Path, model_names: list[str], all_model_names: set[str]) -> None:
@@ -705,6 +742,7 @@ def load_scene(scene: str | Path, images: str = "images", cache_dir: str | Path 
             "to a pinhole camera (a 360-degree panorama); convert the images to perspective views first"
         )
     names = [rec.images[i].name for i in reg_ids]
+    _check_names_inside(model_dir, [im.name for im in rec.images.values()])
     _check_images_present(image_dir, names, {im.name for im in rec.images.values()})
     image_dir = upright_image_dir(scene, image_dir, names, cache_dir)
     # validate every registered image before anything is written (e.g. the undistortion cache)

@@ -65,7 +65,9 @@ def strategy_ops() -> SimpleNamespace:
     try:
         from gsplat.strategy import ops
     except ImportError as e:
-        raise GsplatIncompatible(f"cannot import gsplat.strategy.ops ({e}); splat supports {SUPPORTED}") from e
+        raise GsplatIncompatible(
+            f"cannot import gsplat.strategy.ops ({e}); splat supports {SUPPORTED}"
+        ) from e
     names = {
         "multinomial_sample": "_multinomial_sample",
         "update_param_with_optimizer": "_update_param_with_optimizer",
@@ -80,8 +82,33 @@ def strategy_ops() -> SimpleNamespace:
     return SimpleNamespace(**{ours: getattr(ops, theirs) for ours, theirs in names.items()})
 
 
+def update_statistics(strategy, params, state: dict, info: dict) -> None:
+    """Add one step's screen-space gradients and visibility (``info``, the rasterizer's meta) to ``state``,
+    as ``DefaultStrategy.step_post_backward`` does before it refines (its private ``_update_state``): used by
+    distributed runs, which must sum the statistics over the ranks between the update and the refinement."""
+    update = getattr(strategy, "_update_state", None)
+    if update is None:
+        raise GsplatIncompatible(
+            f"gsplat {installed_version()} has no DefaultStrategy._update_state, which splat's distributed "
+            f"training calls before it reduces the densification statistics; install {SUPPORTED}"
+        )
+    update(params, state, info, packed=False)
+
+
+def empty_statistics_info(info: dict) -> dict:
+    """A copy of the rasterizer's meta ``info`` whose statistics update adds nothing (no Gaussian visible,
+    zero gradients): for the refine call after :func:`update_statistics` already added the step."""
+    import torch
+
+    means2d = torch.zeros_like(info["means2d"])
+    means2d.grad = torch.zeros_like(means2d)
+    return {**info, "means2d": means2d, "radii": torch.zeros_like(info["radii"]), "gaussian_ids": None}
+
+
 __all__ = [
     "GsplatIncompatible",
+    "empty_statistics_info",
+    "update_statistics",
     "gsplat_resets_opacity",
     "installed_version",
     "strategy_classes",

@@ -8,18 +8,25 @@ device. Each rank
 * renders its own slice of the step's global batch (``world_size x batch_size`` views);
 * averages its gradients with the others' (:meth:`DistContext.average_gradients`, one all-reduce per step),
   so every rank's Adam step is the same;
-* before every refine step, sums the densification statistics of all ranks and the step's screen-space
-  gradients (:meth:`DistContext.sync_densify`), so every rank makes the same clone / split / prune
-  decisions and the Gaussians stay identical without ever being broadcast.
+* accumulates the densification statistics of its own views only (gsplat's update, on its own cameras);
+  before every refine step one all-reduce sums them (:meth:`DistContext.reduce_densify`). Every rank then
+  holds the same bits by construction (each element of an all-reduce's result is computed once and sent to
+  every rank), so every rank makes the same clone / split / prune decisions and the Gaussians stay
+  identical without ever being broadcast;
+* compares a checksum of its parameters with the others' after every refine step and every
+  :data:`CHECK_EVERY` steps (:meth:`DistContext.check_params_agree`, one all-reduce of one integer per
+  tensor): a disagreement stops the run naming the first tensor that differs.
 
 Only rank 0 writes (config, checkpoints, PLY, metrics, renders) and shows the progress bar; evaluation is
-split across ranks and gathered on rank 0. A single process uses :data:`SINGLE`, whose methods do nothing,
-so the single-process path is unchanged.
+split across ranks: the scores are gathered on every rank, the renders (uint8) on rank 0 only. A single
+process uses :data:`SINGLE`, whose methods do nothing, so the single-process path is unchanged.
 
 If one rank raises (divergence, a bad file), the others would wait for it forever inside a collective:
 ``torchrun`` tears every worker down when one exits with an error, and the process group's ``timeout``
-bounds the wait otherwise. Ctrl-C is agreed on by all ranks (:meth:`DistContext.any`) so that they stop
-at the same step and write one checkpoint.
+bounds the wait otherwise (``splat train --dist-timeout``, 2 hours by default: rank 0 may read and
+undistort the scene while the others wait; ``splat prepare --train-cache-dir`` does that beforehand).
+Ctrl-C is agreed on by all ranks (:meth:`DistContext.any`) so that they stop at the same step and write
+one checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +40,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+CHECK_EVERY = 100
+"""Steps between two parameter checksums across ranks (and after every refine step)."""
+
+DEFAULT_TIMEOUT_S = 7200.0
+"""The process group's default timeout: how long a collective waits for the slowest rank."""
+
+
+class RanksDisagree(RuntimeError):
+    """The ranks' Gaussians are no longer identical (a bug or a non-deterministic reduction)."""
+
 
 class LaunchError(ValueError):
     """The torchrun environment or the device settings do not fit a distributed run."""
@@ -45,6 +62,17 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 0  # processes on this node (torchrun's LOCAL_WORLD_SIZE); 0: all of them
+
+    @property
+    def nodes(self) -> int:
+        """Number of nodes (machines) of the run."""
+        per_node = self.local_world_size or self.world_size
+        return max(1, self.world_size // per_node)
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.local_world_size or self.world_size
 
     @property
     def enabled(self) -> bool:
@@ -92,7 +120,7 @@ class DistContext:
         t = torch.tensor([n, -n], dtype=torch.int64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         if t[0].item() != -t[1].item():
-            raise RuntimeError(
+            raise RanksDisagree(
                 f"ranks disagree after densification at step {step}: between {-t[1].item()} and "
                 f"{t[0].item()} Gaussians (this rank: {n}); their statistics were not reduced the same way"
             )
@@ -105,37 +133,43 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    @torch.no_grad()
+    def check_params_agree(self, tensors: dict[str, Tensor], step: int, device: torch.device) -> None:
+        """Raise :class:`RanksDisagree` naming the first of ``tensors`` whose bits differ between ranks.
+
+        Each tensor becomes one int64 checksum of its bits (a position-weighted integer sum: exact, so
+        its order of summation does not matter); one all-reduce of [checksums, -checksums] with MAX gives
+        every rank the largest and the smallest of each, which differ when any rank's bits differ."""
+        if not self.enabled:
+            return
+        names = list(tensors)
+        sums = torch.stack([param_checksum(tensors[k]).to(device) for k in names])
+        both = torch.cat([sums, -sums])
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        differ = (both[: len(names)] != -both[len(names) :]).nonzero()
+        if len(differ):
+            name = names[int(differ[0])]
+            raise RanksDisagree(
+                f"ranks disagree at step {step}: parameter {name!r} differs between ranks (checksums "
+                f"{-int(both[len(names) + int(differ[0])])} .. {int(both[int(differ[0])])}; this rank's is "
+                f"{int(sums[int(differ[0])])}); the run is stopped before the ranks drift further apart"
+            )
+
     # -- densification statistics -------------------------------------------------------------------
     @torch.no_grad()
-    def sync_densify(self, state: dict, info: dict) -> dict:
-        """Before a refine step (gsplat's ``DefaultStrategy``): make every rank's running statistics the
-        sums over all ranks, and return the step's meta with every rank's cameras in it.
+    def reduce_densify(self, state: dict) -> None:
+        """Before a refine step (gsplat's ``DefaultStrategy``), after this rank added its own views of the
+        step: every rank's running statistics become the sums over all ranks, in one all-reduce of the
+        summed tensors (``grad2d`` and ``count``; ``radii``, kept by gsplat only for 2D-scale refinement,
+        takes a second one with MAX).
 
-        gsplat updates its statistics with the step's screen-space gradients and refines in one call,
-        so this step's contribution cannot be summed afterwards. Instead the returned meta holds all
-        ranks' ``means2d`` gradients [W*C, N, 2] and ``radii`` [W*C, N, 2] with ``n_cameras = W*C``; the
-        gradients are divided by W because gsplat multiplies them by ``n_cameras`` (they came from each
-        rank's mean loss, while the global loss is the mean over all W*C views). Every rank then adds
-        exactly what a single process rendering the whole global batch would have added.
-        """
+        Each rank's statistics are what a single process adds for the same views: gsplat multiplies the
+        screen-space gradients by the number of cameras of the (local) mean loss, so the sum over the
+        ranks is what one process rendering the whole global batch holds. The all-reduce's result is
+        the same bits on every rank, whatever order each rank summed its own views in."""
         if not self.enabled:
-            return info
+            return
         self._sum_state(state, keep_on_all=True)
-        grads = info["means2d"].grad
-        if grads is None:  # nothing reached the screen this step
-            grads = torch.zeros_like(info["means2d"])
-        grads = torch.cat(self._all_gather(grads.contiguous())) / self.world_size
-        radii = torch.cat(self._all_gather(info["radii"].contiguous()))
-        means2d = torch.zeros_like(grads)
-        means2d.grad = grads
-        return {
-            "means2d": means2d,
-            "radii": radii,
-            "width": info["width"],
-            "height": info["height"],
-            "n_cameras": info["n_cameras"] * self.world_size,
-            "gaussian_ids": None,
-        }
 
     @torch.no_grad()
     def gather_densify_state(self, state: dict) -> None:
@@ -153,23 +187,43 @@ class DistContext:
                     state[key].zero_()
 
     def _sum_state(self, state: dict, keep_on_all: bool) -> None:
-        for key, op in (
-            ("grad2d", dist.ReduceOp.SUM),
-            ("count", dist.ReduceOp.SUM),
-            ("radii", dist.ReduceOp.MAX),
-        ):
-            t = state.get(key)
-            # gsplat creates its statistics lazily, at the first step: every rank has them by then
-            if not isinstance(t, Tensor):
-                continue
-            dist.all_reduce(t, op=op)
-            if op == dist.ReduceOp.SUM and not keep_on_all and not self.is_main:
-                t.zero_()
+        # gsplat creates its statistics lazily, at the first step: every rank has them by then
+        summed = [state[k] for k in ("grad2d", "count") if isinstance(state.get(k), Tensor)]
+        if summed:
+            flat = torch.cat([t.reshape(-1).float() for t in summed])
+            dist.all_reduce(flat)
+            offset = 0
+            for t in summed:
+                n = t.numel()
+                part = flat[offset : offset + n].view_as(t)
+                t.copy_(part if keep_on_all or self.is_main else torch.zeros_like(part))
+                offset += n
+        radii = state.get("radii")
+        if isinstance(radii, Tensor):
+            dist.all_reduce(radii, op=dist.ReduceOp.MAX)
 
-    def _all_gather(self, t: Tensor) -> list[Tensor]:
-        out = [torch.empty_like(t) for _ in range(self.world_size)]
-        dist.all_gather(out, t)
+    def gather_to_main(self, obj) -> list | None:
+        """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the other ranks."""
+        if not self.enabled:
+            return [obj]
+        out: list | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
         return out
+
+
+@torch.no_grad()
+def param_checksum(t: Tensor) -> Tensor:
+    """An int64 checksum [] of ``t``'s bits: equal for equal bits; any changed element (or two swapped
+    ones) changes it. Exact integer arithmetic (wrapping), so the same on every device and order."""
+    flat = t.detach().reshape(-1)
+    if flat.dtype == torch.float64:
+        bits = flat.view(torch.int64)
+    elif flat.element_size() == 4 and flat.is_floating_point():
+        bits = flat.view(torch.int32).long()
+    else:
+        bits = flat.long()
+    weights = torch.arange(1, len(bits) + 1, device=bits.device, dtype=torch.int64) % 1_000_003 + 1
+    return (bits * weights).sum() + len(bits)
 
 
 SINGLE = DistContext()
@@ -183,13 +237,14 @@ def from_env() -> DistContext:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     except ValueError as e:
         raise LaunchError(f"WORLD_SIZE, RANK and LOCAL_RANK must be integers ({e})") from e
     if world <= 1:
         return SINGLE
     if not 0 <= rank < world:
         raise LaunchError(f"RANK={rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
-    return DistContext(rank=rank, world_size=world, local_rank=local)
+    return DistContext(rank=rank, world_size=world, local_rank=local, local_world_size=local_world)
 
 
 def rank_device(ctx: DistContext, device: str) -> str:
@@ -212,9 +267,12 @@ def rank_device(ctx: DistContext, device: str) -> str:
 
 
 @contextlib.contextmanager
-def process_group(ctx: DistContext, device: str, timeout_s: float = 1800.0):
+def process_group(ctx: DistContext, device: str, timeout_s: float = DEFAULT_TIMEOUT_S):
     """Initialise the default process group for ``ctx`` (nccl on CUDA, gloo on CPU) from torchrun's
-    environment (``MASTER_ADDR`` / ``MASTER_PORT``), and destroy it on exit. Nothing on one process."""
+    environment (``MASTER_ADDR`` / ``MASTER_PORT``), and destroy it on exit. Nothing on one process.
+    ``timeout_s``: how long a collective (or the barrier behind which rank 0 reads the scene) waits."""
+    if not timeout_s > 0:
+        raise LaunchError(f"the process-group timeout must be a positive number of seconds, got {timeout_s}")
     if not ctx.enabled or dist.is_initialized():
         yield
         return
@@ -236,6 +294,20 @@ def process_group(ctx: DistContext, device: str, timeout_s: float = 1800.0):
         dist.destroy_process_group()
 
 
+def resume_command(ctx: DistContext, scene, out, checkpoint) -> list[str]:
+    """The command line that resumes a run from ``checkpoint``, as many processes as this one had: on one
+    node ``torchrun --nproc_per_node P``; on several, ``--nnodes N --nproc_per_node P`` (P per node),
+    to be run on every node with the rendezvous options of the first launch."""
+    scene_args = ["train", str(scene), "--out", str(out), "--resume", str(checkpoint)]
+    if not ctx.enabled:
+        return ["splat", *scene_args]
+    launcher = ["torchrun"]
+    if ctx.nodes > 1:
+        launcher += ["--nnodes", str(ctx.nodes)]
+    launcher += ["--nproc_per_node", str(ctx.procs_per_node), "-m", "splat.cli"]
+    return [*launcher, *scene_args]
+
+
 def end_worker(code: int) -> None:
     """End a distributed worker process now with ``code``, without the interpreter's finalisation.
 
@@ -254,4 +326,17 @@ def end_worker(code: int) -> None:
     os._exit(code)
 
 
-__all__ = ["SINGLE", "DistContext", "LaunchError", "from_env", "process_group", "rank_device", "end_worker"]
+__all__ = [
+    "CHECK_EVERY",
+    "DEFAULT_TIMEOUT_S",
+    "SINGLE",
+    "DistContext",
+    "LaunchError",
+    "RanksDisagree",
+    "param_checksum",
+    "resume_command",
+    "from_env",
+    "process_group",
+    "rank_device",
+    "end_worker",
+]

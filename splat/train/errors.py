@@ -18,11 +18,13 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: a checkpoint of the last finished step was written; ``resume_command``
+    """Ctrl-C (or SIGTERM) during training: a checkpoint of the last finished step was written; ``resume_command``
     continues the run (it ends bit-identical to an uninterrupted one on CPU)."""
 
-    def __init__(self, step: int, checkpoint: Path, resume_command: str):
-        super().__init__(f"interrupted at step {step}; wrote {checkpoint}\nresume with: {resume_command}")
+    def __init__(self, step: int, checkpoint: Path, resume_command: str, signum: int = 2):
+        what = "interrupted" if signum == 2 else f"stopped by signal {signum}"  # 2: SIGINT (Ctrl-C)
+        super().__init__(f"{what} at step {step}; wrote {checkpoint}\nresume with: {resume_command}")
+        self.signum = signum  # the command line exits 128 + signum (130 for Ctrl-C, 143 for SIGTERM)
         self.step = step
         self.checkpoint = checkpoint
         self.resume_command = resume_command

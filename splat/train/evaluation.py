@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from splat.outputs import atomic_save_image, atomic_write_text, image_stem, save_comparisons
+from splat.outputs import atomic_save_image, atomic_write_text, image_stem, save_comparisons, to_uint8
 from splat.scene.views import ViewDataset
 from splat.train.distributed import SINGLE, DistContext
 from splat.train.metrics import psnr, ssim
@@ -35,13 +35,15 @@ def evaluate_views(
 
     ``lpips``: a loaded LPIPS network, or None / False (then ``"lpips": None``). With ``save_renders`` rank 0
     writes ``out/renders/step_NNNNNN/{stem}_render.png`` and ``_gt.png``, the side-by-side images and a
-    contact sheet. Each rank renders its share of the views (``dist``); every rank returns the same dict:
-    the means, ``num_gaussians`` (as given), ``num_views`` and ``seconds_per_view``."""
+    contact sheet. Each rank renders its share of the views (``dist``): the scores are gathered on every rank,
+    the renders (uint8, a quarter of float32) on rank 0 only. Every rank returns the same dict: the means,
+    ``num_gaussians`` (as given), ``num_views`` and ``seconds_per_view``."""
     scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
     if lpips:
         scores["lpips"] = []
     t0 = time.perf_counter()
-    renders: dict[int, tuple[Tensor | None, dict]] = {}  # test view -> (render [H, W, 3], scores)
+    views: dict[int, dict] = {}  # test view -> its scores
+    renders: dict[int, Tensor] = {}  # test view -> render [H, W, 3] uint8 (with save_renders)
     for i in range(dist.rank, len(test_set), dist.world_size):  # this rank's share
         f = test_set[i]
         gt = f.image.to(device)
@@ -50,17 +52,22 @@ def evaluate_views(
         if lpips:
             to = lambda x: x.permute(2, 0, 1)[None] * 2 - 1  # noqa: E731  [1, 3, H, W] in [-1, 1]
             view["lpips"] = lpips(to(img), to(gt)).item()
-        renders[i] = (img.cpu() if save_renders else None, view)  # gathered to rank 0 to be saved
-    for part in dist.all_gather_objects(renders):  # every rank's share, on every rank
-        renders.update(part)
+        views[i] = view
+        if save_renders:
+            renders[i] = to_uint8(img).cpu()  # gathered to rank 0 to be saved
+    for part in dist.all_gather_objects(views):  # every rank's scores, on every rank
+        views.update(part)
+    if save_renders:
+        for part in dist.gather_to_main(renders) or []:  # the images, on rank 0 only
+            renders.update(part)
     folder = out / "renders" / f"step_{step:06d}" if out is not None else None
     for i in range(len(test_set)):  # in view order, as one process would
         for k in scores:
-            scores[k].append(renders[i][1][k])
+            scores[k].append(views[i][k])
         if save_renders and dist.is_main:
             f = test_set[i]
             stem = image_stem(f.name)
-            atomic_save_image(folder / f"{stem}_render.png", renders[i][0])
+            atomic_save_image(folder / f"{stem}_render.png", renders[i])
             atomic_save_image(folder / f"{stem}_gt.png", f.image)
     if save_renders and len(test_set) and dist.is_main:  # side by side + contact sheet, from the files above
         save_comparisons(folder)

@@ -1,5 +1,6 @@
-"""Ctrl-C at the end of a step: the first Ctrl-C only asks the loop to stop; the trainer then writes a
-checkpoint of the last finished step and raises :class:`splat.train.errors.TrainingInterrupted`."""
+"""Ctrl-C (SIGINT) or SIGTERM (what schedulers and torchrun send) at the end of a step: the first one only
+asks the loop to stop; the trainer then writes a checkpoint of the last finished step and raises
+:class:`splat.train.errors.TrainingInterrupted` (the command line exits 128 + the signal's number)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import threading
 
 
 class InterruptHandler:
-    """In the main thread, the first Ctrl-C sets :attr:`requested`; a second one interrupts at once.
-    A distributed run (torchrun stops its workers with SIGTERM) treats SIGTERM the same way."""
+    """In the main thread, the first Ctrl-C or SIGTERM sets :attr:`requested` (and :attr:`signum`); a second
+    one interrupts at once."""
 
     def __init__(self):
         self.requested = False
+        self.signum = signal.SIGINT
 
     @contextlib.contextmanager
     def armed(self, distributed: bool = False):
         self.requested = False
+        self.signum = signal.SIGINT
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -26,8 +29,9 @@ class InterruptHandler:
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
+            self.signum = signum
 
-        signals = [signal.SIGINT, signal.SIGTERM] if distributed else [signal.SIGINT]
+        signals = [signal.SIGINT, signal.SIGTERM]
         previous = {sig: signal.signal(sig, on_signal) for sig in signals}
         try:
             yield

@@ -48,8 +48,9 @@ class Densifier:
         self.reset_value = cfg.reset_value
         self.refine_stop = cfg.refine_stop
         self.gsplat_version = _gsplat.installed_version()
-        # distributed runs: called as sync(state, info) -> info right before a refine step of the default
-        # strategy (splat.train.distributed.DistContext.sync_densify); None on one process
+        # distributed runs: called as sync(state) right before a refine step of the default strategy, once
+        # this rank's views of the step are in the statistics; it sums them over the ranks in place
+        # (splat.train.distributed.DistContext.reduce_densify); None on one process
         self.sync = None
         self.gsplat_resets = kind == "default" and _gsplat.gsplat_resets_opacity(self.gsplat_version)
         if self.gsplat_resets and reset_every > 0 and cfg.reset_value > 2 * cfg.prune_opa:
@@ -98,7 +99,13 @@ class Densifier:
     def step_post_backward(self, params, optimizers, step: int, info: dict, lr_means: float) -> None:
         if self.kind == "default":
             if self.sync is not None and self.refines_at(step):
-                info = self.sync(self.state, info)
+                # this rank's own views first, then one reduction over the ranks; gsplat then refines on the
+                # reduced statistics and adds nothing more (the step's contribution is already in)
+                if info["means2d"].grad is None:  # nothing reached this rank's screens: add zeros
+                    info = _gsplat.empty_statistics_info(info)
+                _gsplat.update_statistics(self.strategy, params, self.state, info)
+                self.sync(self.state)
+                info = _gsplat.empty_statistics_info(info)
             self.strategy.step_post_backward(params, optimizers, self.state, step, info, packed=False)
             if self.should_reset_opacity(step):  # after gsplat's own reset, if it did one
                 _gsplat.strategy_ops().reset_opa(params, optimizers, state={}, value=self.reset_value)

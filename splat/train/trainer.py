@@ -53,8 +53,14 @@ from splat.outputs import OutputError, atomic_write_text, check_output_dir, woul
 from splat.scene.colmap import SceneError, find_model_dir
 from splat.scene.ensure import ensure_model
 from splat.scene.views import load_split
-from splat.train.checkpointing import Checkpointer, read_resume
-from splat.train.distributed import SINGLE, DistContext
+from splat.train.checkpointing import (
+    Checkpointer,
+    check_fresh_out,
+    clear_previous_run,
+    new_run_id,
+    read_resume,
+)
+from splat.train.distributed import CHECK_EVERY, SINGLE, DistContext, resume_command
 from splat.train.errors import TrainingDiverged, TrainingInterrupted
 from splat.train.evaluation import evaluate_views, write_metrics
 from splat.train.guard import DivergenceGuard
@@ -150,6 +156,10 @@ class Trainer:
         self._resume: dict | None = None
         if cfg.resume is not None:
             self._resume = read_resume(cfg, self.global_batch, self.dist.world_size)
+        elif model is None:  # one run per folder: a fresh run never mixes its files with another run's
+            check_fresh_out(self.out, cfg.overwrite)
+        # written into every checkpoint and config.json; retention deletes only this run's checkpoints
+        self.run_id = str((self._resume or {}).get("run_id") or new_run_id())
         if model is None and self.dist.enabled and find_model_dir(self.scene) is None:
             raise SceneError(
                 f"scene {self.scene} has no COLMAP model yet: run `splat prepare {self.scene}` once before a "
@@ -195,7 +205,7 @@ class Trainer:
         self.optimizers = self.make_optimizers()
         self.densifier = self._make_densifier()
         if logit is not None:
-            self.background_optimizer = torch.optim.Adam([logit], lr=cfg.background_lr, eps=cfg.adam_eps)
+            self.background_optimizer = self.make_background_optimizer()
         if model is not None and model.checkpoint is not None:
             self.checkpointer.load_optimizer_moments(model.checkpoint)
         # cfg.bilateral_grid: one grid per training image (splat.appearance), trained with the Gaussians
@@ -312,10 +322,19 @@ class Trainer:
         b = self.global_batch
         return make_optimizers(self.params, self._lrs(), eps=c.adam_eps / math.sqrt(b), betas=(0.9**b, 0.999**b))
 
+    def make_background_optimizer(self) -> torch.optim.Adam:
+        """Adam for the learned background colour, scaled with ``batch_scaling`` as the Gaussians' are."""
+        c = self.cfg
+        if not c.batch_scaling:
+            return torch.optim.Adam([self.background_logit], lr=c.background_lr, eps=c.adam_eps)
+        b = self.global_batch
+        return torch.optim.Adam([self.background_logit], lr=c.background_lr * self.lr_scale,
+                                eps=c.adam_eps / math.sqrt(b), betas=(0.9**b, 0.999**b))  # fmt: skip
+
     def _make_densifier(self) -> Densifier:
         densifier = Densifier(self.cfg.densify_config(), scene_scale=self.extent)
         if self.dist.enabled:
-            densifier.sync = self.dist.sync_densify
+            densifier.sync = self.dist.reduce_densify
         return densifier
 
     # -- rendering -----------------------------------------------------------------------------------
@@ -352,7 +371,10 @@ class Trainer:
         if self.dist.is_main:  # only rank 0 writes
             check_output_dir(self.out)
             remove_stale_temps(self.out)  # left by a run killed in the middle of a write
-            atomic_write_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2))
+            if cfg.overwrite and cfg.resume is None:
+                clear_previous_run(self.out)
+            record = {"run_id": self.run_id, **config_to_dict(cfg)}
+            atomic_write_text(self.out / "config.json", json.dumps(record, indent=2))
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         t0 = time.perf_counter()
         # The seed below applies inside this fork only; the caller's RNG state is restored on exit.
@@ -460,8 +482,14 @@ class Trainer:
             # all-reduce: the mean over the ranks (the learned background's gradient in the same buffer)
             self.dist.average_gradients(self._trained_tensors())
 
-            for opt in self.optimizers.values():
-                opt.step()
+            for name, opt in self.optimizers.items():
+                try:
+                    opt.step()
+                except RuntimeError as e:  # Adam's step size itself beyond float32 (a huge learning rate)
+                    if "overflow" not in str(e):
+                        raise
+                    self.guard.check(step - 1, self.params)
+                    raise self.guard.diverged(step, name, f"the {name} update overflowed at step {step}") from None
                 opt.zero_grad(set_to_none=True)
             if self.background_logit is not None:
                 self.background_optimizer.step()
@@ -480,6 +508,8 @@ class Trainer:
             self.densifier.step_post_backward(self.params, self.optimizers, step, info, lr_means)
             if refine_step:
                 self.dist.check_same_count(len(self.params["means"]), step, self.device)
+            if refine_step or step % CHECK_EVERY == 0 or step == cfg.steps:  # one small all-reduce
+                self.dist.check_params_agree(self._trained_tensors(), step, self.device)
             self.step = step
 
             for callback in self.step_callbacks:  # 0-dim tensors: no host sync unless a callback reads them
@@ -555,11 +585,9 @@ class Trainer:
         path = self.checkpointer.path(self.step)
         self.save_checkpoint(path)
         self.dist.barrier()  # every rank reports a checkpoint that exists
-        launcher = ["splat"]
-        if self.dist.enabled:  # as many processes again (the step's global batch must match)
-            launcher = ["torchrun", "--nproc_per_node", str(self.dist.world_size), "-m", "splat.cli"]
-        command = shlex.join([*launcher, "train", str(self.scene), "--out", str(self.out), "--resume", str(path)])
-        raise TrainingInterrupted(self.step, path, command)
+        # as many processes again (or another count with the same global batch, via --batch-size)
+        command = shlex.join(resume_command(self.dist, self.scene, self.out, path))
+        raise TrainingInterrupted(self.step, path, command, int(self.interrupt.signum))
 
     # -- evaluation ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -569,6 +597,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.lpips and self._lpips is None:
             self._lpips = _load_lpips(self.device) or False
+            # LPIPS only where every rank has its weights: the ranks report the same metric keys
+            if self.dist.any(self._lpips is False, self.device):
+                self._lpips = False
         sh_degree = self.active_sh_degree(max(step, 1))
         result = evaluate_views(
             lambda K, viewmat, w, h: self.render(K, viewmat, w, h, sh_degree)[0],

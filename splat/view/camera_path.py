@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 
 from safeio import atomic_write_text
-from splat.config import ConfigError
+from splat.config import ConfigError, how_to_raise, limit, read_json
 
 PathKind = Literal["orbit", "spiral", "interpolate"]
 PATH_KINDS = ("orbit", "spiral", "interpolate")
@@ -289,12 +289,7 @@ def load_path(path: str | Path) -> CameraPath:
     path = Path(path)
     if not path.is_file():
         raise CameraPathError(f"camera path {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CameraPathError(f"camera path {path} is not valid JSON: {e}") from e
-    except UnicodeDecodeError as e:
-        raise CameraPathError(f"camera path {path} is not a text file") from e
+    data = read_json(path, f"camera path {path}", CameraPathError)  # size and nesting bounded first
     if not isinstance(data, dict):
         raise CameraPathError(f"camera path {path} must hold a JSON object")
     if data.get("format") != FORMAT:
@@ -302,12 +297,18 @@ def load_path(path: str | Path) -> CameraPath:
     for key in ("width", "height"):
         if not isinstance(data.get(key), int) or isinstance(data.get(key), bool) or data[key] < 1:
             raise CameraPathError(f"camera path {path}: {key!r} must be a positive integer, got {data.get(key)!r}")
+        if data[key] > limit("frame_size"):
+            raise CameraPathError(f"camera path {path}: {key} {data[key]} is more than allowed: at most "
+                                  f"{limit('frame_size')} pixels; {how_to_raise('frame_size')}")  # fmt: skip
     fps = data.get("fps", 30.0)
     if not isinstance(fps, int | float) or isinstance(fps, bool) or not 0 < fps <= 240:
         raise CameraPathError(f"camera path {path}: 'fps' must be a number in (0, 240], got {fps!r}")
     cams = data.get("cameras")
     if not isinstance(cams, list) or not cams:
         raise CameraPathError(f"camera path {path}: 'cameras' must be a non-empty list")
+    if len(cams) > limit("frames"):
+        raise CameraPathError(f"camera path {path}: {len(cams)} cameras is more than allowed: at most "
+                              f"{limit('frames')}; {how_to_raise('frames')}")  # fmt: skip
     mats, ks = [], []
     for i, cam in enumerate(cams):
         where = f"camera path {path}: cameras[{i}]"

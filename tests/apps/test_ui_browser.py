@@ -171,7 +171,7 @@ def test_generate_and_edit_then_bad_input_keeps_the_result(page):
 
     fill(page, "gen-target", "a big dog riding a bicycle")  # word swap with one word more
     run_and_expect(page, "gen", "same number of words")
-    # the failed edit leaves the previous images in place (issue 15)
+    # the failed edit leaves the previous images in place
     expect(page.locator("#gen-result img")).to_have_count(2)
     assert page.locator("#gen-result img").evaluate_all("els => els.map(e => e.src)") == sources
 

@@ -1,4 +1,4 @@
-"""Launching the UI: --auth is enforced, and serving beyond localhost without it warns (issue 10)."""
+"""Launching the UI: --auth is enforced, and serving beyond localhost without it warns."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Bad-input catalogue of the editkit library: every row is a hostile or unlucky input, the exception it
 must raise, a message naming the problem, and (for the resource cases) a bound on the time it may take.
 
-Rows come from issue 10 (crafted inversion files, huge images, NaN / infinite numbers, words past the text
-encoder's 77 tokens) and more of the same families.
+Rows cover crafted inversion files, huge images, NaN / infinite numbers, words past the text
+encoder's 77 tokens, and more of the same families.
 """
 
 from __future__ import annotations

@@ -23,13 +23,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from editkit.flow import flowedit as fe
 from editkit.flow import sampling as fs
-from editkit.testing import tiny_flux_pipeline, tiny_sd3_pipeline
 
-SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
+from ._flow_common import SOURCE, TARGET, photo, tiny
 
 GOLDEN = {
     "sd3": dict(
@@ -51,15 +49,9 @@ GOLDEN = {
 }
 
 
-def photo(size=32):
-    rng = np.random.default_rng(0)
-    small = (rng.random((4, 4, 3)) * 255).astype(np.uint8)
-    return Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
-
-
 @pytest.fixture(scope="module")
 def pipes():
-    return {"sd3": tiny_sd3_pipeline(seed=0), "flux": tiny_flux_pipeline(seed=0)}
+    return {"sd3": tiny("sd3"), "flux": tiny("flux")}
 
 
 @pytest.mark.parametrize("fam", ["sd3", "flux"])

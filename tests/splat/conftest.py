@@ -28,3 +28,11 @@ def _splat_cache_in_tmp(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_scene(tmp_path_factory) -> Path:
     return make_synthetic_scene(tmp_path_factory.mktemp("synthetic") / "scene")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """A model of the demo scene without training (``helpers.make_demo_run``), built once for every test."""
+    from tests.splat.helpers import make_demo_run
+
+    return make_demo_run(tmp_path_factory.mktemp("demo") / "run")

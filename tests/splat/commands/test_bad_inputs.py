@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +17,9 @@ import pytest
 import torch
 
 from splat.cli import main
+from tests.splat.commands.catalogue import DEMO, tree
 
-DEMO = Path(__file__).resolve().parents[3] / "assets" / "demo"
 FAST = ["--device", "cpu", "--no-progress", "--no-lpips", "--max-width", "32", "--steps", "2"]
-
-
-def tree(root: Path) -> dict[str, tuple]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        st = p.lstat()
-        out[p.relative_to(root).as_posix()] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns)
-    return out
 
 
 # -- scene mutations -----------------------------------------------------------------------------------

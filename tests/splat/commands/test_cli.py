@@ -6,18 +6,50 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from splat.cli import main
 from splat.commands.train import parse_train
 
+HELP_SCRIPT = """
+import contextlib, io, json, sys
+from splat.cli import main
+from splat.commands import COMMANDS
+texts = {}
+for argv in (["--help"], *([name, "--help"] for name in COMMANDS)):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+    texts[argv[0]] = buf.getvalue()
+print(json.dumps({"torch": "torch" in sys.modules, "texts": texts}))
+"""
 
-def test_train_help_documents_every_option():
+
+@pytest.fixture(scope="module")
+def helps():
+    """`splat --help` and every `splat COMMAND --help`, in one fresh process (one interpreter start)."""
+    out = subprocess.run([sys.executable, "-c", HELP_SCRIPT], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_help_of_every_command_imports_no_torch(helps):
+    from splat.commands import COMMANDS
+
+    assert helps["torch"] is False  # fails if a command module (or splat.cli) imports torch at the top
+    assert set(helps["texts"]) == {"--help", *COMMANDS}
+    for name in COMMANDS:
+        assert f"splat {name}" in helps["texts"][name] and "--help" in helps["texts"][name], name
+
+
+def test_train_help_documents_every_option(helps):
     import dataclasses
 
     from splat.config import TrainConfig
 
-    out = subprocess.run(
-        [sys.executable, "-m", "splat.cli", "train", "--help"], capture_output=True, text=True, check=True
-    ).stdout
+    out = helps["texts"]["train"]
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in out, f.name
     assert "--preset" in out

@@ -25,46 +25,9 @@ from PIL import Image
 
 from splat.edit import EditConfig, SceneEditError, edit_scene, plan_edit
 
-DEMO = Path(__file__).resolve().parents[3] / "assets" / "demo"
+from .conftest import DEMO
+
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A trained demo run at 64 px (held-out PSNR ~25 dB): renders close to the photos, as a real run's."""
-    from splat.config import TrainConfig
-    from splat.train.trainer import Trainer
-
-    out = tmp_path_factory.mktemp("edit") / "run"
-    cfg = TrainConfig(
-        out=out, device="cpu", progress=False, max_width=64, lpips=False, steps=300, sh_degree_interval=100,
-        refine_start=50, refine_stop=150, refine_every=50, reset_every=0, eval_steps=(300,), save_steps=(300,),
-        ckpt_every=0, learn_background=True, means_lr_steps=300, init_scale=1.0, save_renders=False,
-    )  # fmt: skip
-    Trainer(DEMO, cfg).train()
-    return out
-
-
-def _variant(model_dir: Path, query_scale: float = 1.0):
-    from editkit.models import load_pipeline
-
-    pipe = load_pipeline(model_dir, device="cpu")
-    with torch.no_grad():
-        pipe.unet.conv_in.weight.mul_(1e-6)
-        for name, module in pipe.unet.named_modules():
-            if name.endswith("attn2"):
-                module.to_q.weight.mul_(query_scale)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def smooth(tiny_model_dirs):
-    return _variant(tiny_model_dirs["sd1"])
-
-
-@pytest.fixture(scope="module")
-def sharp(tiny_model_dirs):
-    return _variant(tiny_model_dirs["sd1"], query_scale=30.0)
 
 
 class UNetCalls:
@@ -113,13 +76,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12)))
 
 
-def train_photos(run: Path, tmp: Path) -> dict[str, np.ndarray]:
-    """The training images as the trainer holds them (uint8, training size), by file stem."""
+@pytest.fixture(scope="module")
+def photos(run, tmp_path_factory) -> dict[str, np.ndarray]:
+    """The training images as the trainer holds them (uint8, training size), by file stem (read once)."""
     from splat.gaussians import load_model
     from splat.train.trainer import Trainer
 
     model = load_model(run)
-    t = Trainer.from_model(DEMO, model, dataclasses.replace(model.config, out=tmp, device="cpu"))
+    cfg = dataclasses.replace(model.config, out=tmp_path_factory.mktemp("probe"), device="cpu")
+    t = Trainer.from_model(DEMO, model, cfg)
     return {Path(v.name).stem: t.train_set.image_u8(i).numpy() for i, v in enumerate(t.train_set.views)}
 
 
@@ -154,12 +119,11 @@ def test_inversions_are_cached_and_reused(smooth_runs):
     assert len(list((smooth_runs["root"] / "cache").glob("*.safetensors"))) == 31
 
 
-def test_real_edit_changes_the_training_images_and_the_colours(run, smooth_runs, tmp_path):
+def test_real_edit_changes_the_training_images_and_the_colours(run, smooth_runs, photos):
     from splat.gaussians.checkpoint import read_checkpoint
     from splat.gaussians.model import find_model_file
 
     same, dog = smooth_runs["same"], smooth_runs["dog"]
-    photos = train_photos(run, tmp_path)
     changed = {k: np.abs(v.astype(int) - photos[k].astype(int)).mean() for k, v in edited_images(dog.out).items()}
     kept = {k: np.abs(v.astype(int) - photos[k].astype(int)).mean() for k, v in edited_images(same.out).items()}
     assert len(changed) == len(kept) == 31
@@ -188,9 +152,8 @@ def blend_runs(run, sharp, tmp_path_factory):
     return first, second
 
 
-def test_local_blend_keeps_the_photos_outside_the_mask_exactly(run, blend_runs, tmp_path):
+def test_local_blend_keeps_the_photos_outside_the_mask_exactly(run, blend_runs, photos):
     first, _ = blend_runs
-    photos = train_photos(run, tmp_path)
     images = edited_images(first.out)
     assert len(images) == 20  # 40 steps, one edit per 2, each view at most once
     inside_changed, coverage = [], []
@@ -217,10 +180,9 @@ def test_edit_is_reproducible_for_a_seed(blend_runs):
     assert second.inversions_computed == 0  # and the second run read every inversion from the cache
 
 
-def test_plug_and_play_edits_the_scene(run, smooth, tmp_path):
+def test_plug_and_play_edits_the_scene(run, smooth, photos, tmp_path):
     cfg = settings(tmp_path / "cache", method="pnp", target="a watercolor painting of a dog", iterations=6)
     res = edit_scene(run, DEMO, cfg, tmp_path / "pnp", pipe=smooth)
-    photos = train_photos(run, tmp_path / "probe")
     images = edited_images(res.out)
     assert res.views_edited == 3 and len(images) == 3
     assert all(np.abs(v.astype(int) - photos[k].astype(int)).mean() > 10 for k, v in images.items())

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from splat.gaussians.formats import FORMATS, FormatError, format_for_path, load_gaussians_file, save_gaussians, spz
+from splat.gaussians.formats import (
+    FORMATS,
+    FormatError,
+    format_for_path,
+    load_gaussians_file,
+    save_gaussians,
+    spz,
+)
 from splat.gaussians.params import SH_C0
 from splat.gaussians.ply import read_ply, write_ply
 

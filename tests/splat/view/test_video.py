@@ -10,12 +10,7 @@ import torch
 from PIL import Image
 
 from splat.cli import main
-from tests.splat.helpers import DEMO, make_demo_run
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    return make_demo_run(tmp_path_factory.mktemp("demo") / "run")
+from tests.splat.helpers import DEMO
 
 
 def test_load_model_from_checkpoint_ply_and_run_folder(demo_run):

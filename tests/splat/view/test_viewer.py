@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.splat.helpers import DEMO, make_demo_run, small_config
+from tests.splat.helpers import DEMO, small_config
 
 pytestmark = pytest.mark.browser
 viser = pytest.importorskip("viser")
@@ -46,12 +46,12 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def demo_viewer(tmp_path_factory):
+def demo_viewer(demo_run):
     from splat.gaussians import load_model
     from splat.scene.cameras import scene_cameras
     from splat.view.viewer import Viewer
 
-    model = load_model(make_demo_run(tmp_path_factory.mktemp("demo") / "run"))
+    model = load_model(demo_run)
     params, sh_degree = model.params, model.sh_degree
     viewer = Viewer(params, sh_degree, scene_cameras(DEMO, model.config), port=free_port(), resolution=48,
                     transport="png")  # fmt: skip

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import struct
@@ -20,32 +19,14 @@ import time
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from splat.cli import main
+from tests.splat.commands.catalogue import DEMO, assert_refused, run_cli, tree
 
-from .test_bad_inputs import tree
-
-DEMO = Path(__file__).resolve().parents[2] / "assets" / "demo"
 FAST = ["--device", "cpu", "--no-progress", "--no-lpips", "--max-width", "32"]
 GIB = 2**30
-
-
-def run_cli(argv, capsys):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    err = capsys.readouterr().err
-    return rc, err
-
-
-def assert_refused(rc, err, pattern, code=2):
-    assert rc == code, (rc, err)
-    assert re.search(pattern, err), err
-    assert "Traceback" not in err, err
 
 
 def subprocess_peak(argv, timeout=300, **kw):
@@ -136,7 +117,8 @@ def test_a_billion_frames_is_refused_at_once_with_bounded_memory(run, scene, tmp
     p, peak = subprocess_peak(["render", run, "--scene", scene, "--path", "orbit", "--frames", "1000000000",
                                "--video", tmp_path / "v.mp4", "--device", "cpu"])  # fmt: skip
     assert p.returncode == 2, p.stderr
-    assert re.search(r"--frames 1000000000.*at most \d+", p.stderr) and "Traceback" not in p.stderr, p.stderr
+    assert re.search(r"--frames 1000000000.*at most \d+.*SPLAT_MAX_FRAMES", p.stderr), p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
     assert peak < 1.5 * GIB and time.monotonic() - t0 < 60
     assert not (tmp_path / "v.mp4").exists()
 
@@ -144,12 +126,13 @@ def test_a_billion_frames_is_refused_at_once_with_bounded_memory(run, scene, tmp
 @pytest.mark.parametrize(
     "path_json, pattern",
     [
-        ({"width": 10**7, "height": 10**7}, r"width.*at most"),
-        ("many", r"cameras.*at most"),
+        ({"width": 10**7, "height": 10**7}, r"width 10000000 is more than allowed: at most \d+ pixels.*SPLAT_MAX_FRAME_SIZE"),
+        ("many", r"20004 cameras is more than allowed: at most 20000.*SPLAT_MAX_FRAMES"),
+        ("big", r"is \d+\.\d MB: at most 1 MB.*SPLAT_MAX_JSON_MB"),
         ("nested", r"nested too deeply"),
     ],
 )
-def test_camera_path_files_are_bounded(run, scene, tmp_path, capsys, path_json, pattern):
+def test_camera_path_files_are_bounded(run, scene, tmp_path, capsys, monkeypatch, path_json, pattern):
     path = tmp_path / "path.json"
     if path_json == "nested":
         path.write_text("[" * 100_000 + "]" * 100_000)
@@ -158,8 +141,11 @@ def test_camera_path_files_are_bounded(run, scene, tmp_path, capsys, path_json, 
                            "--save-path", path, "--device", "cpu", "--out", tmp_path / "o"], capsys)  # fmt: skip
         assert rc == 0, err
         data = json.loads(path.read_text())
-        if path_json == "many":
-            data["cameras"] = data["cameras"] * 100_000
+        if path_json == "many":  # just over the default limit (4 cameras each)
+            data["cameras"] = data["cameras"] * 5001
+        elif path_json == "big":  # a file over the size limit is refused before it is parsed
+            data["cameras"] = data["cameras"] * 2000
+            monkeypatch.setenv("SPLAT_MAX_JSON_MB", "1")
         else:
             data.update(path_json)
         path.write_text(json.dumps(data))
@@ -211,13 +197,15 @@ def nan_ckpt(run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nan_ply(run, tmp_path_factory):
-    from plyfile import PlyData
+    from splat.gaussians.ply import property_names
 
-    src = run / "point_cloud.ply" if (run / "point_cloud.ply").exists() else next(run.rglob("*.ply"))
-    ply = PlyData.read(str(src))
-    ply["vertex"].data["opacity"][2] = np.nan
+    raw = bytearray(next(run.rglob("*.ply")).read_bytes())
+    body = raw.index(b"end_header\n") + len(b"end_header\n")
+    names = property_names()
+    at = body + 4 * (2 * len(names) + names.index("opacity"))  # the third Gaussian's opacity
+    raw[at : at + 4] = struct.pack("<f", float("nan"))
     path = tmp_path_factory.mktemp("nan") / "nan.ply"
-    ply.write(str(path))
+    path.write_bytes(bytes(raw))
     return path
 
 
@@ -241,7 +229,7 @@ def test_a_truncated_ply_is_one_line_naming_the_file(run, scene, command, tmp_pa
     bad.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     argv = {"eval": ["eval", bad, "--scene", scene, "--device", "cpu"],
             "render": ["render", bad, "--scene", scene, "--out", tmp_path / "r", "--device", "cpu"],
-            "view": ["view", bad, "--device", "cpu", "--port", "0"],
+            "view": ["view", bad, "--device", "cpu", "--port", "65531"],
             "edit": ["edit", bad, "--scene", scene, "--source", "a cup", "--target", "a mug",
                      "--model", tmp_path / "no-model", "--out", tmp_path / "e"]}[command]  # fmt: skip
     before = tree(tmp_path)
@@ -300,3 +288,64 @@ def test_image_names_leaving_the_images_folder_are_refused(scene, tmp_path, caps
     rc, err = run_cli(["train", s, "--out", tmp_path / "out", "--steps", "2", *FAST], capsys)
     assert_refused(rc, err, rf"{re.escape(name)}.*(leaves|outside) the images folder")
     assert not (tmp_path / "out").exists()
+
+
+def test_edit_with_an_unwritable_cache_warns_once_and_keeps_inversions_in_memory(
+    run, scene, tiny_model_dirs, tmp_path, capsys
+):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")  # unwritable for root as well
+    out = tmp_path / "edited"
+    rc, err = run_cli(["edit", run, "--scene", scene, "--source", "a photo of a cat", "--target", "a photo of a dog",
+                       "--steps", "4", "--edit-size", "32", "--iterations", "4", "--edit-every", "1",
+                       "--cache-dir", blocker / "cache", "--no-progress", "--device", "cpu",
+                       "--model", tiny_model_dirs["sd1"], "--out", out], capsys)  # fmt: skip
+    assert rc == 0, err
+    assert err.count("cannot be written") == 1 and "kept in memory" in err, err  # one warning, not one per view
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{") : printed.rindex("}") + 1]) if "{" in printed else None
+    assert (out / "ckpts").is_dir() or summary is not None
+    assert blocker.read_text().startswith("a file")
+
+
+_STREAM = """
+import sys, numpy as np
+import splat.view.video as video
+def frames(gaussians, cam_path, *a, **k):  # the renderer's cost left out: frames as large as the path says
+    for i in range(len(cam_path)):
+        yield np.full((cam_path.height, cam_path.width, 3), i % 256, np.uint8)
+video.render_path = frames
+from splat.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_video_streams_its_frames(run, tmp_path):
+    """Peak memory of `splat render --video` does not grow with the number of frames: each frame goes to the
+    encoder as it is made (the renderer is replaced by one that makes 1024x768 frames at no cost)."""
+    from splat.view.camera_path import FORMAT
+
+    eye = [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 4.0], [0, 0, 0, 1.0]]
+    K = [[800.0, 0, 512], [0, 800.0, 384], [0, 0, 1.0]]
+    peaks = {}
+    for n in (4, 64):
+        path = tmp_path / f"p{n}.json"
+        path.write_text(json.dumps({"format": FORMAT, "width": 1024, "height": 768, "fps": 30,
+                                    "cameras": [{"cam_from_world": eye, "K": K}] * n}))  # fmt: skip
+        video = tmp_path / f"v{n}.mp4"
+        code = (
+            "import resource, subprocess, sys\n"
+            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+            "sys.stderr.write(p.stderr)\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr)\n"
+            "sys.exit(p.returncode)\n"
+        )
+        p = subprocess.run([sys.executable, "-c", code, sys.executable, "-c", _STREAM, "render", str(run),
+                            "--path-file", str(path), "--video", str(video), "--device", "cpu"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        *_, peak = p.stderr.rstrip("\n").split("\n")
+        assert p.returncode == 0, p.stderr
+        assert f"({n} frames, 1024x768" in p.stdout or video.stat().st_size > 0
+        peaks[n] = int(peak)
+    # 60 more frames of 1024x768 hold 141 MB as uint8 if they are kept
+    assert peaks[64] - peaks[4] < 40 * 2**20, peaks

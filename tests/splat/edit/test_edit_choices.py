@@ -1,0 +1,213 @@
+"""`splat edit`'s choices, each with a model or a run in which it makes a difference: the render as the edit's
+start, the residual, the seed's view order, annealed and random noise levels, densification, the multi-view
+consistency figure, the time of one view edit and the memory of a resumed edit."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import time
+
+import pytest
+import torch
+
+from splat.edit import EditConfig, ViewEditor, edit_scene, plan_edit
+
+from .conftest import DEMO
+
+SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
+
+
+def settings(cache, **kw) -> EditConfig:
+    base = dict(source=SOURCE, target=TARGET, steps=10, guidance=1.0, strength=0.5, edit_size=32, edit_every=2,
+                iterations=8, cache_dir=cache, progress=False)  # fmt: skip
+    base.update(kw)
+    return EditConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trainer(run, tmp_path_factory):
+    from splat.gaussians import load_model
+    from splat.train.trainer import Trainer
+
+    model = load_model(run)
+    return Trainer.from_model(DEMO, model, dataclasses.replace(model.config, out=tmp_path_factory.mktemp("probe"),
+                                                               device="cpu"))  # fmt: skip
+
+
+def _vae_round_trip(pipe, image_u8: torch.Tensor, size) -> torch.Tensor:
+    """decode(encode(image)) at the edit size, brought back to the image's size (float [H, W, 3])."""
+    import torch.nn.functional as F
+
+    from editkit.image import image_to_tensor
+    from editkit.sampling import decode_latents, encode_image
+    from splat.edit.view_editor import _to_pil
+
+    H, W = image_u8.shape[:2]
+    z = encode_image(pipe, image_to_tensor(_to_pil(image_u8, size)))
+    x = decode_latents(pipe, z, output_type="pt").float()  # [1, 3, h, w]
+    return F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False, antialias=True)[0].permute(1, 2, 0)
+
+
+def test_the_edit_starts_from_the_render_and_the_residual_applies_to_it(smooth, trainer, tmp_path):
+    """On ``smooth`` an identity edit (target = source, guidance 1) ends on its start latent. Without the
+    residual the new training image is decode(start): the render's VAE round trip, far from the photo's;
+    with it, the render itself. Mutations caught: encoding the photo instead of the render as the start
+    (the no-residual image becomes the photo's round trip); ``residual`` ignored either way (the two
+    images swap)."""
+    photo = trainer.train_set.image_u8(0)
+    render = torch.flip(trainer.train_set.image_u8(1), dims=[1])  # any other image: a render unlike the photo
+    images = {}
+    for residual in (False, True):
+        cfg = settings(tmp_path, target=SOURCE, residual=residual)
+        editor = ViewEditor(smooth, cfg, plan_edit(cfg), tmp_path)
+        images[residual], _ = editor.edit(photo, render.float() / 255.0, strength=0.5)
+    size = editor.size_for(photo.shape[1], photo.shape[0])
+    of_render = _vae_round_trip(smooth, render, size) * 255.0
+    of_photo = _vae_round_trip(smooth, photo, size) * 255.0
+    plain = images[False].float()
+    to_render, to_photo = float((plain - of_render).abs().mean()), float((plain - of_photo).abs().mean())
+    print("no residual: |image - rt(render)|", round(to_render, 2), "|image - rt(photo)|", round(to_photo, 2))
+    assert to_render < 2.0 and to_photo > 10 * to_render
+    kept = float((images[True].float() - render.float()).abs().mean())
+    assert kept < 2.0 and float((plain - render.float()).abs().mean()) > 10 * kept
+
+
+class Sleepy:
+    """A forward hook that makes every UNet call take ``seconds`` longer (removed with ``close``)."""
+
+    def __init__(self, pipe, seconds: float):
+        self.seconds = seconds
+        self.handle = pipe.unet.register_forward_hook(lambda *a: time.sleep(self.seconds))
+
+    def close(self):
+        self.handle.remove()
+
+
+def _calls(pipe):
+    n = [0]
+    handle = pipe.unet.register_forward_hook(lambda *a: n.__setitem__(0, n[0] + 1))
+    return n, handle
+
+
+@pytest.fixture(scope="module")
+def ordered_runs(run, smooth, tmp_path_factory):
+    """Four edits each: seed 0 annealing 0.5 -> 1.0; seed 1 with random noise levels in [0.2, 0.9] and full
+    densification every 4 steps. View names in edit order and the UNet calls of the edits are recorded."""
+    root = tmp_path_factory.mktemp("ordered")
+    out = {}
+    for name, cfg in (("anneal", settings(root / "cache", strength_end=1.0)),
+                      ("random", settings(root / "cache", seed=1, lower_bound=0.2, upper_bound=0.9,
+                                          densify="full", refine_every=4))):  # fmt: skip
+        names = []
+        n, handle = _calls(smooth)
+        try:
+            res = edit_scene(run, DEMO, cfg, root / name, pipe=smooth, on_view_edited=lambda v, _, names=names: names.append(v))
+        finally:
+            handle.remove()
+        out[name] = (cfg, res, names, n[0] - res.inversions_computed * cfg.steps)
+    return out
+
+
+def test_annealed_strength_runs_more_steps_each_edit(ordered_runs):
+    """Mutation caught: ``--strength-end`` ignored (fixed 0.5: 20 UNet calls instead of 5 + 6 + 8 + 10)."""
+    cfg, res, _, edit_calls = ordered_runs["anneal"]
+    assert res.strengths == pytest.approx([0.5, 2 / 3, 5 / 6, 1.0])
+    assert edit_calls == 5 + 6 + 8 + 10
+
+
+def test_random_noise_levels_are_drawn_in_bounds_and_run(ordered_runs):
+    """Mutations caught: the bounds ignored (every edit at --strength 0.75); the draw not reaching the edit
+    (UNet calls of a fixed strength)."""
+    cfg, res, _, edit_calls = ordered_runs["random"]
+    runs = [int(cfg.steps * s) for s in res.strengths]
+    assert all(2 <= r <= 9 for r in runs) and len(set(runs)) > 1, res.strengths
+    assert edit_calls == sum(runs)
+    from splat.edit.dataset_update import _strength_at
+
+    assert res.strengths == [_strength_at(cfg, k, 4) for k in range(4)]  # (seed, k): a resume draws the same
+
+
+def test_the_seed_sets_the_view_order(ordered_runs):
+    """Mutation caught: views edited in index order whatever the seed."""
+    a, b = ordered_runs["anneal"][2], ordered_runs["random"][2]
+    assert len(a) == len(b) == 4 and len(set(a)) == 4
+    assert a != b
+
+
+def test_densification_during_the_edit_changes_the_gaussians(ordered_runs):
+    """Mutation caught: --densify ignored (refinement off whatever it says)."""
+    before, after = ordered_runs["random"][1].num_gaussians
+    assert after != before
+    assert ordered_runs["anneal"][1].num_gaussians[0] == ordered_runs["anneal"][1].num_gaussians[1]
+
+
+def test_consistency_is_in_edit_json(ordered_runs):
+    res = ordered_runs["anneal"][1]
+    record = json.loads((res.out / "edit.json").read_text())
+    c = record["consistency"]
+    assert c["pairs"] > 0 and 0 < c["coverage"] <= 1 and c["psnr"] is not None and c["photos_psnr"] is not None
+
+
+def test_consistency_separates_agreeing_views_from_independent_ones(trainer):
+    """The scene's own renders agree in 3D by construction; the photos almost (what the scene could not fit);
+    each view shifted its own way by a few pixels does not. Mutations caught: projecting with the source
+    view's camera for both views (the warp is then the identity and every set scores alike); ignoring the
+    depth (a constant 1) ."""
+    from splat.edit.consistency import multiview_consistency
+
+    n = len(trainer.train_set)
+    renders, photos, shifted = {}, {}, {}
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        f = trainer.train_set[i]
+        with torch.no_grad():
+            img = trainer.render(f.K, f.viewmat, f.width, f.height, trainer.active_sh_degree(trainer.step))[0]
+        renders[i] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+        photos[i] = trainer.train_set.image_u8(i)
+        dx, dy = (int(x) for x in torch.randint(-4, 5, (2,), generator=g))
+        shifted[i] = torch.roll(renders[i], shifts=(dy or 3, dx or -3), dims=(0, 1))
+    score = {k: multiview_consistency(trainer, v) for k, v in (("renders", renders), ("photos", photos),
+                                                                 ("shifted", shifted))}  # fmt: skip
+    print({k: (round(v["psnr"], 2), round(v["coverage"], 2)) for k, v in score.items()})
+    assert all(v["pairs"] == 2 * n for v in score.values())
+    assert score["renders"]["psnr"] > score["shifted"]["psnr"] + 4.0
+    assert score["renders"]["psnr"] > score["photos"]["psnr"] > score["shifted"]["psnr"]
+
+
+def test_edit_time_excludes_first_inversions_and_includes_the_render(run, smooth, tmp_path):
+    """With every UNet call 0.4 s longer and every render 0.5 s longer: one edit (2 UNet calls) and its render
+    take >= 1.3 s, a first-time inversion (4 calls) another 1.6 s. Also: while the edit trains, no Model read
+    from a file is alive (the run's model the trainer started from, with its Adam moments, is dropped). Mutations caught: the
+    inversion counted in the edit's time; the render left out; ``del model`` removed (two Models)."""
+    from splat.gaussians.model import Model
+
+    cfg = settings(tmp_path / "cache", steps=4, iterations=2, edit_every=1)
+    models = []
+
+    def slow_render(trainer):
+        render = trainer.render
+
+        def slower(*a, **kw):
+            time.sleep(0.5)
+            return render(*a, **kw)
+
+        trainer.render = slower
+
+        def count(tr, step, loss, psnr):
+            if not models:
+                gc.collect()
+                models.append(sum(isinstance(o, Model) and o.checkpoint is not None for o in gc.get_objects()))
+
+        trainer.step_callbacks.append(count)
+
+    sleepy = Sleepy(smooth, 0.4)
+    try:
+        res = edit_scene(run, DEMO, cfg, tmp_path / "out", pipe=smooth, on_start=slow_render)
+    finally:
+        sleepy.close()
+    assert res.inversions_computed == 2 and res.views_edited == 2
+    print("seconds per edit", res.seconds_per_edit)
+    assert 1.3 <= res.seconds_per_edit < 2.9
+    assert models == [0]  # no model read from a file is alive: the trainer's own is made in memory
