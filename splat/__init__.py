@@ -13,7 +13,7 @@ One concept per folder; imports point down this list only (``tests/apps/test_lay
     commands/   one module per ``splat`` command (cli.py dispatches)       may import everything below
     edit/       text edits of a trained scene (Iterative Dataset Update)   train, gaussians, scene, render
     view/       web viewer, camera paths, video                            gaussians, scene, render
-    train/      trainer, densification strategy, evaluation, distributed   gaussians, scene, render
+    train/      trainer, densification, appearance / depth losses, eval    gaussians, scene, render
     gaussians/  parameters, PLY, checkpoints, Model + load_model           scene, render
     scene/      COLMAP, SfM, views and cameras                              (base only)
     render/     rasterize (gsplat or the PyTorch twin), render modes       (base only)

@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 
 from safeio import remove_stale_temps
-from splat import appearance
 from splat.config import (
     ConfigError,
     TrainConfig,
@@ -44,7 +43,6 @@ from splat.config import (
     schedule_warnings,
     validate,
 )
-from splat.depth import disparity_l1, sample_depth, sparse_depths
 from splat.device import resolve_device
 from splat.gaussians.init import init_gaussians
 from splat.gaussians.model import Model, checked_params, start_background_logit
@@ -53,6 +51,7 @@ from splat.outputs import OutputError, atomic_write_text, check_output_dir, woul
 from splat.scene.colmap import SceneError, find_model_dir
 from splat.scene.ensure import ensure_model
 from splat.scene.views import load_split
+from splat.train import appearance
 from splat.train.checkpointing import (
     Checkpointer,
     check_fresh_out,
@@ -60,6 +59,7 @@ from splat.train.checkpointing import (
     new_run_id,
     read_resume,
 )
+from splat.train.depth import disparity_l1, sample_depth, sparse_depths
 from splat.train.distributed import CHECK_EVERY, SINGLE, DistContext, resume_command
 from splat.train.errors import TrainingDiverged, TrainingInterrupted
 from splat.train.evaluation import evaluate_views, write_metrics
@@ -208,7 +208,7 @@ class Trainer:
             self.background_optimizer = self.make_background_optimizer()
         if model is not None and model.checkpoint is not None:
             self.checkpointer.load_optimizer_moments(model.checkpoint)
-        # cfg.bilateral_grid: one grid per training image (splat.appearance), trained with the Gaussians
+        # cfg.bilateral_grid: one grid per training image (splat.train.appearance), trained with the Gaussians
         self.appearance: appearance.BilateralGrids | None = None
         if cfg.bilateral_grid:
             if self.dist.enabled:

@@ -103,6 +103,18 @@ def layering_violations() -> list[str]:
     return bad
 
 
+def loose_top_modules() -> list[str]:
+    """Modules at the top of ``splat`` that are neither the base nor the package's API / dispatcher: a concept
+    put there escapes the folder rules (every folder may import the base, so anything there is importable
+    from everywhere)."""
+    allowed = {m.split(".")[1] for m in BASE} | {"__init__", "cli"}
+    return sorted(p.name for p in (REPO / "splat").glob("*.py") if p.stem not in allowed)
+
+
+def test_the_top_of_splat_holds_only_the_base():
+    assert loose_top_modules() == [], "put the module in the folder of its concept (see splat/__init__.py)"
+
+
 def test_no_library_module_imports_the_apps():
     assert upward_imports() == []
 
