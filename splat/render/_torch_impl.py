@@ -152,6 +152,10 @@ def project_with_compensations(
     means_c = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]  # [C, N, 3]
     covars_c = R[:, None] @ covars[None] @ R[:, None].transpose(-1, -2)  # [C, N, 3, 3]
     x, y, z = means_c.unbind(-1)  # [C, N] each
+    # Culled Gaussians (behind the near plane or past the far one) divide by 1 instead of z: their outputs
+    # reach no pixel, and a z of (almost) 0 would make the backward pass compute 0 * inf = NaN for them.
+    in_range = (z > near_plane) & (z < far_plane)
+    z_depth, z = z, torch.where(in_range, z, torch.ones_like(z))
     fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C, 1]
     cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
 
@@ -175,7 +179,7 @@ def project_with_compensations(
 
     a, b, c = covars2d[..., 0, 0], covars2d[..., 0, 1], covars2d[..., 1, 1]
     det = a * c - b * b
-    valid = (det > 0) & (z > near_plane) & (z < far_plane)
+    valid = (det > 0) & in_range
     det_safe = torch.where(valid, det, torch.ones_like(det))
     compensations = torch.sqrt(torch.clamp_min(det_orig / det_safe, 0.0))  # [C, N]
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)  # [C, N, 3]
@@ -194,7 +198,7 @@ def project_with_compensations(
         )
         radius[~inside] = 0
         radii = radius.int()
-    return means2d, conics, z, radii, compensations
+    return means2d, conics, z_depth, radii, compensations
 
 
 def _tile_intersections(

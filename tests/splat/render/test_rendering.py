@@ -54,6 +54,30 @@ def test_reference_renderer_basic_properties():
     assert (meta2["radii"][0, 0] == 0).all()
 
 
+@pytest.mark.parametrize("render_mode", ["RGB", "RGB+ED"])
+def test_a_gaussian_in_the_camera_plane_is_culled_with_zero_gradient(render_mode):
+    # training can move a Gaussian onto a camera's z = 0 plane (it happened at step 562 of a 600-step cup run):
+    # culled, it must get no gradient, and the others the gradient they get without it (not NaN everywhere)
+    means, quats, scales, opac, sh, _, Ks = _tiny_case(torch.float32, n=5)
+    viewmats = torch.eye(4)[None]  # world = camera coordinates, so that z is exactly what is set
+    means[:, 2] += 2.5
+    means[0] = torch.tensor([0.3, -0.2, 0.0])  # z = 0
+    means[1] = torch.tensor([0.1, 0.1, -1e-30])  # just behind it (z * z is 0 in float32)
+
+    def grads(keep):
+        inputs = [x[keep].clone().requires_grad_(True) for x in (means, quats, scales, opac, sh)]
+        img, alpha, _ = rasterize_torch(*inputs, viewmats, Ks, 8, 7, sh_degree=1, render_mode=render_mode)
+        (img.square().sum() + alpha.sum()).backward()
+        return [x.grad for x in inputs]
+
+    with_culled = grads(torch.arange(5))
+    without = grads(torch.arange(2, 5))
+    for g, g_ref in zip(with_culled, without, strict=True):
+        assert torch.isfinite(g).all()
+        assert (g[:2] == 0).all()
+        torch.testing.assert_close(g[2:], g_ref)
+
+
 @pytest.mark.gpu
 def test_reference_renderer_matches_gsplat_forward_and_backward():
     if not torch.cuda.is_available():
