@@ -42,7 +42,7 @@ class TrainCommand:
     scene: tyro.conf.Positional[Path]
     """Scene folder. If SCENE/sparse/0 is missing, SfM is run on SCENE/images first."""
     preset: PresetName = "default"  # type: ignore[valid-type]
-    """Starting configuration: default (original 3DGS, 30k steps), mcmc, cpu-small (a few CPU minutes), quality (default + AbsGS, anti-aliasing, per-image bilateral grids). Schedules follow --steps (see --schedule-steps)."""
+    """Starting configuration: default (original 3DGS, 30k steps), mcmc, cpu-small (a few CPU minutes), quality (default + AbsGS densification; see docs/splat-quality.md for the opt-in options). Schedules follow --steps (see --schedule-steps)."""
     config: Annotated[TrainConfig, tyro.conf.arg(name="")] = field(default_factory=TrainConfig)
     sfm: Annotated[TrainSfmOptions, tyro.conf.arg(name="sfm")] = field(default_factory=TrainSfmOptions)
     viewer: bool = False

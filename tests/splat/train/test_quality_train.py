@@ -64,7 +64,8 @@ def test_quality_options_are_validated():
     with pytest.raises(ConfigError, match="schedule_steps must be an integer >= 0"):
         apply_overrides(TrainConfig(), {"schedule_steps": -1})
     q = preset("quality")
-    assert q.absgrad and q.antialiased and q.bilateral_grid and q.schedule_steps == q.steps
+    assert q.absgrad and q.schedule_steps == q.steps
+    assert not (q.antialiased or q.bilateral_grid or q.depth_loss)  # opt-in: for particular captures and uses
 
 
 def test_densifier_grows_on_the_absolute_gradient():
