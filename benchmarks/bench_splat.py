@@ -11,6 +11,7 @@ configuration (CPU: the cpu-small preset at --max-width; --full: the default pre
 turns quality options on (absgrad, antialiased, bilateral_grid, depth_loss), and ``quality`` is base plus
 the quality preset's options. Variants run the preset's schedule scaled to --steps (its schedule_steps),
 so that a short run keeps the preset's shape (with --full and --steps below 30k as well).
+``--seed N`` trains every variant with another seed, to see how far a scene's scores move between seeds.
 
 Every run first times the SfM initialisation (nearest-neighbour scales + parameters) on random points at
 10k and 40k, with the KD-tree and with the all-pairs distances it replaced (``--no-brute-force`` skips the
@@ -151,6 +152,8 @@ def main() -> None:
     ap.add_argument("--no-brute-force", action="store_true", help="skip the all-pairs knn baseline (slow)")
     ap.add_argument("--results", type=Path, default=None, help="append every row to this file (JSON lines)")
     ap.add_argument("--progress", action="store_true", help="show the trainer's progress bar (loss, Gaussians)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="training seed of --variants runs (default: the preset's); another seed shows the spread")
     ap.add_argument("--variants", nargs="+", default=None,
                     help="base, quality or base+OPT[+OPT] (OPT: absgrad, antialiased, bilateral_grid, depth_loss); "
                          "schedules scaled to --steps")
@@ -174,9 +177,12 @@ def main() -> None:
                                                max_width=args.max_width)
                 base = dataclasses.replace(base, out=root / name / variant, progress=args.progress, ckpt_every=0,
                                            save_renders=False, lpips=args.full)
+                if args.seed is not None:
+                    base = dataclasses.replace(base, seed=args.seed)
                 cfg = variant_config(base, variant)
                 row = run_one(args, name, cfg)
                 row["variant"] = variant
+                row["seed"] = cfg.seed
                 rows.append(row)
                 emit(row, args.results)
         print(f"outputs in {root}")
