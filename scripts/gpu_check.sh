@@ -30,6 +30,11 @@ Stages (each sized for one call of at most 10 minutes; run in the order given):
                  (held-out PSNR / SSIM, wall time, peak GPU memory, Gaussians)
   splat-cup      the same to 30k steps
   splat-beercan  30k steps on beercan (needs a bundle built with that scene: see docs/gpu.md)
+  splat-quality  benchmarks/bench_splat.py --full --variants ... --steps 30000: the default preset against each
+                 quality option (absgrad, antialiased, bilateral_grid, depth_loss) and the quality preset at
+                 standard resolution (held-out PSNR / SSIM / LPIPS, Gaussians, wall time); 18 runs of 30k
+                 steps in all, so one call runs the scenes in SPLAT_QUALITY_SCENES (default: cup beercan demo)
+                 times the variants in SPLAT_QUALITY_VARIANTS (default: all six), cut at 600 s
   flow-quick     benchmarks/bench_flow.py --full --resolution 512 --steps 8: FlowEdit and an inversion edit
                  against plain sampling with SD3.5-medium- and FLUX.1-shaped random transformers (bf16),
                  calls, time, peak memory (the quick plan's flow figure)
@@ -52,13 +57,17 @@ Environment:
                    log.txt, pytest.txt, gsplat_build.log and the gsplat wheel built here
   GPU_CHECK_COMMIT the commit the tree was copied from (the device copy has no .git; --dry-run prints it)
   QUICK_BUDGET_S   the quick plan's time budget in seconds (default 450)
+  SPLAT_QUALITY_SCENES, SPLAT_QUALITY_VARIANTS
+                   what splat-quality runs (space-separated; e.g. "cup" and "base quality"); --dry-run puts
+                   them in the device command and checks the bundle holds those scenes (demo is in the tree)
 
 Without a CUDA device the script stops with "no CUDA device" and exit code 2 (after --help and --dry-run,
 before anything is installed or run).
 EOF
 }
 
-STAGES=(install tests render ranks editkit flow-quick splat-cup-7k flow splat-cup splat-beercan real-edit scene-edit)
+STAGES=(install tests render ranks editkit flow-quick splat-cup-7k flow splat-cup splat-beercan splat-quality real-edit
+  scene-edit)
 QUICK=(install editkit flow-quick tests render ranks splat-cup-7k)
 if [ $# -eq 0 ]; then
   usage >&2
@@ -110,20 +119,27 @@ if not (bundle / "manifest.json").is_file():
 def size(p):
     p = Path(p)
     return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-NEEDS = {"quick": "cup", "splat-cup-7k": "cup", "splat-cup": "cup", "scene-edit": "cup", "splat-beercan": "beercan"}
+QUALITY_SCENES = os.environ.get("SPLAT_QUALITY_SCENES", "cup beercan demo").split()
+NEEDS = {"quick": ["cup"], "splat-cup-7k": ["cup"], "splat-cup": ["cup"], "scene-edit": ["cup"],
+         "splat-beercan": ["beercan"], "splat-quality": [s for s in QUALITY_SCENES if s != "demo"]}
 if not Path(bundle, "core").is_dir():
     sys.exit(f"gpu_check: the bundle lacks {bundle}/core (rebuild it: python scripts/gpu_bundle.py)")
 for stage in stages:
-    scene = NEEDS.get(stage)
-    if scene and not Path(bundle, "scenes", scene, "sparse").is_dir():
-        sys.exit(f"gpu_check: {stage} needs {bundle}/scenes/{scene} (python scripts/gpu_bundle.py --scenes {scene})")
+    for scene in NEEDS.get(stage, []):
+        if not Path(bundle, "scenes", scene, "sparse").is_dir():
+            sys.exit(f"gpu_check: {stage} needs {bundle}/scenes/{scene} "
+                     f"(python scripts/gpu_bundle.py --scenes {scene}; one scene per bundle fits a call)")
 carry = [f"{bundle}/core"] + ([f"{bundle}/scenes"] if Path(bundle, "scenes").is_dir() else [])
 files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True, check=True).stdout
 tree = sum(size(f) for f in files.decode().split("\0") if f and os.path.isfile(f))
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
 commit += "-dirty" if dirty.strip() else ""
-command = f"GPU_CHECK_COMMIT={commit} PYTHONUNBUFFERED=1 bash scripts/gpu_check.sh {' '.join(stages)}"
+quality = ""
+if "splat-quality" in stages:  # what the stage runs travels in the command (the device sees no other variable)
+    quality = "".join(f"{k}='{os.environ[k]}' " for k in ("SPLAT_QUALITY_SCENES", "SPLAT_QUALITY_VARIANTS")
+                      if os.environ.get(k))
+command = f"GPU_CHECK_COMMIT={commit} PYTHONUNBUFFERED=1 {quality}bash scripts/gpu_check.sh {' '.join(stages)}"
 sizes = {c: size(c) for c in carry}
 total = tree + sum(sizes.values())
 print("device run command:", command)
@@ -336,6 +352,14 @@ EOF
       header "$stage"
       limited 600 "$PY" benchmarks/bench_splat.py --full --no-brute-force --scenes "${stage#splat-}" \
         --scenes-dir "$SCENES_DIR" --results "$FIGURES"
+      ;;
+    splat-quality)
+      header splat-quality
+      local scenes variants
+      read -r -a scenes <<<"${SPLAT_QUALITY_SCENES:-cup beercan demo}"
+      read -r -a variants <<<"${SPLAT_QUALITY_VARIANTS:-base base+absgrad base+antialiased base+bilateral_grid base+depth_loss quality}"
+      limited 600 "$PY" benchmarks/bench_splat.py --full --no-brute-force --steps 30000 --scenes "${scenes[@]}" \
+        --variants "${variants[@]}" --scenes-dir "$SCENES_DIR" --results "$FIGURES"
       ;;
     scene-edit)
       header scene-edit

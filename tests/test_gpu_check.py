@@ -24,7 +24,7 @@ def test_help_lists_every_stage(tmp_path):
     proc = _run("--help", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for stage in ("quick", "install", "tests", "render", "ranks", "editkit", "flow-quick", "flow", "splat-cup-7k", "splat-cup", "splat-beercan",
-                  "real-edit", "scene-edit", "all"):
+                  "splat-quality", "real-edit", "scene-edit", "all"):
         assert f"  {stage} " in proc.stdout, stage
     assert "no CUDA device" in proc.stdout  # the refusal is documented
 
@@ -45,3 +45,23 @@ def test_refuses_without_cuda_before_doing_anything(stage, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "no CUDA device" in proc.stderr or "torch has no CUDA" in proc.stderr, proc.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "site").exists()  # nothing installed or written
+
+
+def test_splat_quality_dry_run_needs_its_scenes_and_carries_its_selection(tmp_path):
+    bundle = tmp_path / "bundle"  # a bundle as gpu_bundle.py lays it out, with the cup scene only
+    (bundle / "core").mkdir(parents=True)
+    (bundle / "scenes" / "cup" / "sparse").mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_BUNDLE": str(bundle)}
+    env.pop("SPLAT_QUALITY_SCENES", None), env.pop("SPLAT_QUALITY_VARIANTS", None)
+
+    def dry(**extra):
+        return subprocess.run(["bash", str(SCRIPT), "splat-quality", "--dry-run"], capture_output=True, text=True,
+                              env={**env, **extra}, timeout=120)  # fmt: skip
+
+    proc = dry()  # the default selection runs beercan too, which this bundle lacks
+    assert proc.returncode != 0 and f"splat-quality needs {bundle}/scenes/beercan" in proc.stderr, proc.stderr
+    proc = dry(SPLAT_QUALITY_SCENES="cup demo", SPLAT_QUALITY_VARIANTS="base quality")
+    assert proc.returncode == 0, proc.stderr
+    assert ("SPLAT_QUALITY_SCENES='cup demo' SPLAT_QUALITY_VARIANTS='base quality' "
+            "bash scripts/gpu_check.sh splat-quality") in proc.stdout, proc.stdout  # fmt: skip
