@@ -202,6 +202,8 @@ def test_plug_and_play_edits_the_scene(run, smooth, photos, tmp_path):
         ({"method": "pnp", "blend_words": ("cat",)}, "--method p2p"),
         ({"steps": 0}, "steps"),
         ({"guidance": float("nan")}, "guidance"),
+        ({"lpips_weight": -1.0}, "lpips_weight"),
+        ({"lpips_patch": 16}, "lpips_patch"),
     ],
 )
 def test_settings_that_cannot_run_are_refused_before_anything_is_written(run, tmp_path, change, message):
@@ -276,7 +278,9 @@ def test_viewer_shows_each_edited_view_in_its_camera(run, smooth, tmp_path):
     assert sum(img is not None for img in shown.values()) == 2  # and no other camera shows one
 
 
-def test_interrupted_edit_resumes_to_the_uninterrupted_result(run, smooth, tmp_path):
+def test_interrupted_edit_resumes_to_the_uninterrupted_result(run, smooth, tmp_path, monkeypatch):
+    """Also: a resume with other settings, or where the LPIPS term would be on although the edit had it off,
+    is refused (mutation caught: the LPIPS state not compared on resume)."""
     from splat.gaussians.checkpoint import read_checkpoint
     from splat.train.trainer import TrainingInterrupted
 
@@ -298,6 +302,12 @@ def test_interrupted_edit_resumes_to_the_uninterrupted_result(run, smooth, tmp_p
     assert info.value.step == start_step(whole) + 7
     with pytest.raises(SceneEditError, match="strength"):  # other settings: refused
         edit_scene(run, DEMO, dataclasses.replace(cfg, strength=0.6), out, pipe=smooth, resume=info.value.checkpoint)
+    from splat.train import metrics
+
+    with monkeypatch.context() as m:  # LPIPS weights here, not where the edit was made: refused
+        m.setattr(metrics, "_load_lpips", lambda device: lambda x, y: (x - y).abs().mean((1, 2, 3)))
+        with pytest.raises(SceneEditError, match="without the LPIPS term"):
+            edit_scene(run, DEMO, cfg, out, pipe=smooth, resume=info.value.checkpoint)
     resumed = edit_scene(run, DEMO, cfg, out, pipe=smooth, resume=info.value.checkpoint)
     assert resumed.views_edited == whole.views_edited == 4
     a, b = read_checkpoint(whole.checkpoint)["params"], read_checkpoint(resumed.checkpoint)["params"]
