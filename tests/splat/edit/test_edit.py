@@ -53,13 +53,20 @@ def settings(cache: Path, **kw) -> EditConfig:
     return EditConfig(**base)
 
 
+# the long runs: 4 DDIM steps, strength 0.75 (3 of them run) cost 40 % fewer UNet calls than 10 steps at 0.5 and
+# edit as much (measured on the demo run: the real edit's images 26.9 levels from the photos at least, against
+# 24.6; its held-out renders 27.2 dB from before, against 28.3)
+FAST = dict(steps=4, strength=0.75)
+
+
 @pytest.fixture(scope="module")
 def smooth_runs(run, smooth, tmp_path_factory):
     """An identity edit, then the real edit (cat -> dog) from the same inversion cache, with UNet calls."""
     root = tmp_path_factory.mktemp("smooth")
     calls = UNetCalls(smooth)
-    same, n_same = calls.during(lambda: edit_scene(run, DEMO, settings(root / "cache", target=SOURCE), root / "same", pipe=smooth))
-    dog, n_dog = calls.during(lambda: edit_scene(run, DEMO, settings(root / "cache"), root / "dog", pipe=smooth))
+    same, n_same = calls.during(lambda: edit_scene(run, DEMO, settings(root / "cache", target=SOURCE, **FAST), root / "same",
+                                                   pipe=smooth))  # fmt: skip
+    dog, n_dog = calls.during(lambda: edit_scene(run, DEMO, settings(root / "cache", **FAST), root / "dog", pipe=smooth))
     return {"root": root, "same": same, "dog": dog, "calls": (n_same, n_dog)}
 
 
@@ -109,13 +116,13 @@ def test_identity_edit_leaves_the_scene_as_it_was(smooth_runs):
 
 
 def test_inversions_are_cached_and_reused(smooth_runs):
-    """The second run computes no inversion: its UNet calls are its edits' alone (5 of 10 steps each)."""
+    """The second run computes no inversion: its UNet calls are its edits' alone (3 of 4 steps each)."""
     same, dog = smooth_runs["same"], smooth_runs["dog"]
     n_same, n_dog = smooth_runs["calls"]
     assert (same.inversions_computed, same.inversions_loaded) == (31, 0)
     assert (dog.inversions_computed, dog.inversions_loaded) == (0, 31)
-    assert n_dog == dog.views_edited * 5  # strength 0.5 of 10 DDIM steps, one UNet call per step (guidance 1)
-    assert n_same == same.views_edited * 5 + 31 * 10  # + one 10-step DDIM inversion per training view
+    assert n_dog == dog.views_edited * 3  # strength 0.75 of 4 DDIM steps, one UNet call per step (guidance 1)
+    assert n_same == same.views_edited * 3 + 31 * 4  # + one 4-step inversion per training view
     assert len(list((smooth_runs["root"] / "cache").glob("*.safetensors"))) == 31
 
 
@@ -137,7 +144,7 @@ def test_real_edit_changes_the_training_images_and_the_colours(run, smooth_runs,
     print("mean |change| of the opaque Gaussians' SH DC colours:", moved)
     # both runs go on training the same steps on the same views in the same order; only the images differ.
     # The identity run's colours still move (its unedited views train on the photos, measured 0.015), the
-    # real edit's by ~4x that (0.057)
+    # real edit's by ~4x that (0.059)
     assert moved["dog"] > 3 * moved["same"], moved
 
 
@@ -146,7 +153,7 @@ def blend_runs(run, sharp, tmp_path_factory):
     """cat -> dog with a local blend on the `sharp` model, twice with the same seed."""
     root = tmp_path_factory.mktemp("blend")
     cfg = settings(root / "cache", blend_words=("cat",), blend_target_words=("dog",), blend_threshold=0.6,
-                   iterations=40)  # fmt: skip
+                   iterations=40, **FAST)  # fmt: skip
     first = edit_scene(run, DEMO, cfg, root / "first", pipe=sharp)
     second = edit_scene(run, DEMO, cfg, root / "second", pipe=sharp)
     return first, second
