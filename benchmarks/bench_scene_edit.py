@@ -136,7 +136,7 @@ def main(argv=None) -> None:
                     "run_train_s": round(train_s, 1), "render_psnr": round(consistency(scene, out, device), 2),
                     "consistency_psnr": round(res.consistency["psnr"], 2),
                     "photos_consistency_psnr": round(res.consistency["photos_psnr"], 2),
-                    "consistency_coverage": round(res.consistency["coverage"], 3),
+                    "consistency_coverage": round(res.consistency["coverage"], 3), "lpips_term": res.lpips_term,
                     "psnr_vs_photos_before": round(res.before["psnr"], 2), "psnr_vs_photos_after": round(res.after["psnr"], 2),
                 }  # fmt: skip
                 if args.full:

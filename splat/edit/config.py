@@ -5,6 +5,7 @@ imports only this module."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,13 @@ class EditConfig:
     residual: bool = True
     """New training image = render + decode(target) - decode(encode(render)): what the edit changed, applied
     to the render (the VAE's round-trip loss cancels); else decode(target), as Instruct-NeRF2NeRF."""
+    lpips_weight: float = 1.0
+    """Weight of the LPIPS (AlexNet) term between each render and its training image in the edit's loss
+    (Instruct-NeRF2NeRF: 1.0); on when the `lpips` package and its weights are on disk (never downloaded,
+    as `splat train`'s LPIPS), 0 turns it off."""
+    lpips_patch: int = 32
+    """Side of the patches the LPIPS term compares (Instruct-NeRF2NeRF: 32; AlexNet needs at least 31): the
+    mean over the view's centred grid of whole patches."""
     densify: Literal["off", "prune", "full"] = "off"
     """Gaussians during the edit: "off" (moved and recoloured only), "prune" (transparent and oversized ones
     removed every --refine-every steps), "full" (3DGS's clone / split / prune as well: shape edits need new
@@ -130,6 +138,12 @@ def plan_edit(cfg: EditConfig):
             lo, hi = bounds
             if not all(isinstance(b, int | float) and not isinstance(b, bool) and 0.0 < b <= 1.0 for b in bounds) or lo > hi:
                 raise InputError(f"lower_bound / upper_bound must satisfy 0 < lower <= upper <= 1, got {lo!r} / {hi!r}")
+        w = cfg.lpips_weight
+        if not isinstance(w, int | float) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+            raise InputError(f"lpips_weight must be a finite number >= 0 (0: no LPIPS term), got {w!r}")
+        p = cfg.lpips_patch
+        if not isinstance(p, int) or isinstance(p, bool) or p < 31:
+            raise InputError(f"lpips_patch must be a whole number of pixels >= 31 (AlexNet's smallest input), got {p!r}")
         if cfg.densify not in ("off", "prune", "full"):
             raise InputError(f"densify must be 'off', 'prune' or 'full', got {cfg.densify!r}")
         for name in ("edit_every", "iterations", "refine_every"):

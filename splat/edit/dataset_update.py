@@ -39,7 +39,9 @@ Two deliberate choices, both documented in docs/scene-editing.md:
 Densification is off while editing by default (the Gaussians are moved and recoloured, not re-grown);
 ``densify="prune"`` / ``"full"`` turns gsplat's pruning (and cloning / splitting) on through the Trainer's
 ``continue_training``; opacity resets stay off. The noise level may also be drawn per edit uniformly in
-``[lower_bound, upper_bound]`` (IN2N's random timestep). After the edit, :mod:`splat.edit.consistency`
+``[lower_bound, upper_bound]`` (IN2N's random timestep). When the LPIPS weights are on disk, the loss gains
+IN2N's LPIPS term (AlexNet, weight ``lpips_weight`` = 1.0, on 32 px patches: :mod:`splat.edit.lpips_term`);
+without them a note says so once and ``edit.json`` records the term as off. After the edit, :mod:`splat.edit.consistency`
 measures how well the edited training images agree in 3D (``consistency`` in ``edit.json``). Outputs (``out``): the edited checkpoint and PLY, ``renders/step_N`` of the held-out views before
 and after against the original photos, ``before_after/`` (before left, after right, and a contact sheet),
 ``edited_images/`` (every training image as the last edit left it, and the blend masks), ``edit.json``.
@@ -75,6 +77,8 @@ class EditResult:
     elapsed_s: float
     strengths: list = field(default_factory=list)  # the noise level of each edit, in order
     num_gaussians: tuple = (0, 0)  # before and after the edit
+    lpips_term: bool = False  # whether the loss had the LPIPS term (its weights on disk and --lpips-weight > 0)
+    lpips_term_off: str | None = None  # why not, when it was off
     consistency: dict = field(default_factory=dict)  # splat.edit.consistency.multiview_consistency
     before: dict = field(default_factory=dict)  # held-out metrics against the original photos
     after: dict = field(default_factory=dict)
@@ -182,9 +186,9 @@ def edit_scene(
 
     from safeio import atomic_write_bytes, atomic_write_text
     from splat.device import resolve_device
+    from splat.edit.lpips_term import EditTrainer, load_lpips_term
     from splat.gaussians.model import load_model
     from splat.outputs import atomic_save_image, check_output_dir, image_stem, save_comparisons
-    from splat.train.trainer import Trainer
 
     t_start = time.perf_counter()
     run, scene, out = Path(run), Path(scene), Path(out)
@@ -212,7 +216,7 @@ def edit_scene(
     device = resolve_device(cfg.device)
 
     # 2. The trainer, continuing from the run's Gaussians (and Adam moments): no densification, no opacity reset
-    trainer = Trainer.from_model(scene, model, dataclasses.replace(
+    trainer = EditTrainer.from_model(scene, model, dataclasses.replace(
         model.config, out=out, device=str(device), resume=None, progress=False, save_renders=False))  # fmt: skip
     del model  # the trainer holds the Gaussians now: no second copy (and its Adam moments) for the whole edit
     n_train = len(trainer.train_set)
@@ -229,7 +233,15 @@ def edit_scene(
         "edit", steps=end, eval_steps=(start, end), save_steps=(end,), reset_every=0, seed=cfg.seed,
         save_renders=True, resume=resume_file, **refine,
     )  # fmt: skip
+    # the LPIPS term (Instruct-NeRF2NeRF's) when its weights are on disk; a resume must have it as the edit had
+    f0 = trainer.train_set[0]
+    trainer.loss_term, lpips_off = load_lpips_term(cfg.lpips_weight, cfg.lpips_patch, (f0.width, f0.height), device)
     if resumed is not None:
+        if resumed.get("lpips_term", False) != (trainer.loss_term is not None):
+            was = "with" if resumed.get("lpips_term", False) else "without"
+            now = "on" if trainer.loss_term is not None else f"off ({lpips_off})"
+            raise SceneEditError(f"--resume {resume_file}: the edit was made {was} the LPIPS term, here it is {now}; "
+                                 "resume where the LPIPS weights are as they were")  # fmt: skip
         for i, image in resumed["images"].items():
             trainer.set_train_image(int(i), image)
 
@@ -251,7 +263,7 @@ def edit_scene(
     if resumed is None:
         before = trainer.evaluate(start)
         state = {"format": EDIT_STATE_FORMAT, "start_step": start, "settings": _settings(cfg), "edits": 0,
-                 "images": {}, "strengths": []}  # fmt: skip
+                 "images": {}, "strengths": [], "lpips_term": trainer.loss_term is not None}  # fmt: skip
         done = 0
     else:
         before = resumed["metrics"].get(str(start), {})
@@ -329,6 +341,8 @@ def edit_scene(
         seconds_per_edit=float(np.mean(edit_seconds)) if edit_seconds else 0.0,
         strengths=[float(x) for x in state["strengths"]],
         num_gaussians=(n_before, len(trainer.params["means"])),
+        lpips_term=trainer.loss_term is not None,
+        lpips_term_off=None if trainer.loss_term is not None else lpips_off,
         consistency=consistency,
         elapsed_s=time.perf_counter() - t_start,
         before=before,

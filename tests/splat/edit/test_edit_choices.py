@@ -69,9 +69,12 @@ def test_the_edit_starts_from_the_render_and_the_residual_applies_to_it(smooth, 
     plain = images[False].float()
     to_render, to_photo = float((plain - of_render).abs().mean()), float((plain - of_photo).abs().mean())
     print("no residual: |image - rt(render)|", round(to_render, 2), "|image - rt(photo)|", round(to_photo, 2))
-    assert to_render < 2.0 and to_photo > 10 * to_render
+    # observed over four photo / render pairs (levels of 255): to_render 0.25, to_photo 28.9-31.5, kept 0.0,
+    # |plain - render| 45.3-47.5; under either mutation the near and far figures swap. Bounds: 4x above the
+    # near figures, a third of the far ones
+    assert to_render < 1.0 and to_photo > 10.0
     kept = float((images[True].float() - render.float()).abs().mean())
-    assert kept < 2.0 and float((plain - render.float()).abs().mean()) > 10 * kept
+    assert kept < 1.0 and float((plain - render.float()).abs().mean()) > 15.0
 
 
 class Sleepy:
@@ -172,18 +175,26 @@ def test_consistency_separates_agreeing_views_from_independent_ones(trainer):
                                                                  ("shifted", shifted))}  # fmt: skip
     print({k: (round(v["psnr"], 2), round(v["coverage"], 2)) for k, v in score.items()})
     assert all(v["pairs"] == 2 * n for v in score.values())
-    assert score["renders"]["psnr"] > score["shifted"]["psnr"] + 4.0
-    assert score["renders"]["psnr"] > score["photos"]["psnr"] > score["shifted"]["psnr"]
+    # observed over four training seeds x four shift seeds: renders - shifted 6.5-7.7 dB, photos - shifted
+    # 4.4-5.4 dB, renders - photos 2.05-2.3 dB; under the camera mutation 2.0 / 0.6 / 1.4 dB, under the depth
+    # one 1.1 / -0.7 / 1.8 dB. The bounds sit about halfway: 2.5 dB below the observed, 2 dB above the mutations
+    r, p, s = (score[k]["psnr"] for k in ("renders", "photos", "shifted"))
+    assert r > s + 4.0
+    assert p > s + 2.5
+    assert r > p + 1.0  # the scene's own renders agree best (not a mutation's bound: half the observed gap)
 
 
 def test_edit_time_excludes_first_inversions_and_includes_the_render(run, smooth, tmp_path):
-    """With every UNet call 0.4 s longer and every render 0.5 s longer: one edit (2 UNet calls) and its render
-    take >= 1.3 s, a first-time inversion (4 calls) another 1.6 s. Also: while the edit trains, no Model read
-    from a file is alive (the run's model the trainer started from, with its Adam moments, is dropped). Mutations caught: the
-    inversion counted in the edit's time; the render left out; ``del model`` removed (two Models)."""
+    """With every UNet call 0.4 s longer and every render 0.5 s longer: one edit (2 UNet calls: strength 0.25 of
+    8 steps) and its render take >= 1.3 s, a first-time inversion (8 calls) another 3.2 s. Observed: 1.40-1.43 s,
+    up to 2.9 s for the first edits of a process on a loaded machine (two threads); the bound, 3.7 s, leaves
+    2.4 s for the real work and is 0.8 s below what the inversion mutation gives (>= 4.5 s). Also: while the
+    edit trains, no Model read from a file is alive (the run's model the trainer started from, with its Adam
+    moments, is dropped). Mutations caught: the inversion counted in the edit's time; the render left out (on
+    an idle machine: 0.8 s + the work); ``del model`` removed (two Models)."""
     from splat.gaussians.model import Model
 
-    cfg = settings(tmp_path / "cache", steps=4, iterations=2, edit_every=1)
+    cfg = settings(tmp_path / "cache", steps=8, strength=0.25, iterations=2, edit_every=1)
     models = []
 
     def slow_render(trainer):
@@ -209,5 +220,5 @@ def test_edit_time_excludes_first_inversions_and_includes_the_render(run, smooth
         sleepy.close()
     assert res.inversions_computed == 2 and res.views_edited == 2
     print("seconds per edit", res.seconds_per_edit)
-    assert 1.3 <= res.seconds_per_edit < 2.9
+    assert 1.3 <= res.seconds_per_edit < 3.7
     assert models == [0]  # no model read from a file is alive: the trainer's own is made in memory
