@@ -195,7 +195,9 @@ def test_token_heatmap_is_shown_large_for_the_chosen_token(page):
     image = page.locator("#gen-token-map img")
     expect(image).to_have_count(1)
     before = image.get_attribute("src")
-    box = image.bounding_box()
+    deadline = time.monotonic() + 15  # the <img> is laid out at a placeholder size until its picture loads
+    while (box := image.bounding_box())["width"] < 300 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
     assert box["width"] >= 300 and box["height"] >= 300, box  # readable in the page, not a 6 px label
     page.locator("#gen-map-token input").click()
     page.get_by_role("option", name="5: bicycle").click()  # the target's tokens: start, a, dog, riding, a, ...
