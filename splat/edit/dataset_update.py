@@ -186,9 +186,10 @@ def edit_scene(
 
     from safeio import atomic_write_bytes, atomic_write_text
     from splat.device import resolve_device
-    from splat.edit.lpips_term import EditTrainer, load_lpips_term
+    from splat.edit.lpips_term import load_lpips_term
     from splat.gaussians.model import load_model
     from splat.outputs import atomic_save_image, check_output_dir, image_stem, save_comparisons
+    from splat.train.trainer import Trainer
 
     t_start = time.perf_counter()
     run, scene, out = Path(run), Path(scene), Path(out)
@@ -216,7 +217,7 @@ def edit_scene(
     device = resolve_device(cfg.device)
 
     # 2. The trainer, continuing from the run's Gaussians (and Adam moments): no densification, no opacity reset
-    trainer = EditTrainer.from_model(scene, model, dataclasses.replace(
+    trainer = Trainer.from_model(scene, model, dataclasses.replace(
         model.config, out=out, device=str(device), resume=None, progress=False, save_renders=False))  # fmt: skip
     del model  # the trainer holds the Gaussians now: no second copy (and its Adam moments) for the whole edit
     n_train = len(trainer.train_set)
@@ -235,11 +236,13 @@ def edit_scene(
     )  # fmt: skip
     # the LPIPS term (Instruct-NeRF2NeRF's) when its weights are on disk; a resume must have it as the edit had
     f0 = trainer.train_set[0]
-    trainer.loss_term, lpips_off = load_lpips_term(cfg.lpips_weight, cfg.lpips_patch, (f0.width, f0.height), device)
+    lpips_term, lpips_off = load_lpips_term(cfg.lpips_weight, cfg.lpips_patch, (f0.width, f0.height), device)
+    if lpips_term is not None:
+        trainer.view_loss_terms.append(lpips_term)
     if resumed is not None:
-        if resumed.get("lpips_term", False) != (trainer.loss_term is not None):
+        if resumed.get("lpips_term", False) != (lpips_term is not None):
             was = "with" if resumed.get("lpips_term", False) else "without"
-            now = "on" if trainer.loss_term is not None else f"off ({lpips_off})"
+            now = "on" if lpips_term is not None else f"off ({lpips_off})"
             raise SceneEditError(f"--resume {resume_file}: the edit was made {was} the LPIPS term, here it is {now}; "
                                  "resume where the LPIPS weights are as they were")  # fmt: skip
         for i, image in resumed["images"].items():
@@ -263,7 +266,7 @@ def edit_scene(
     if resumed is None:
         before = trainer.evaluate(start)
         state = {"format": EDIT_STATE_FORMAT, "start_step": start, "settings": _settings(cfg), "edits": 0,
-                 "images": {}, "strengths": [], "lpips_term": trainer.loss_term is not None}  # fmt: skip
+                 "images": {}, "strengths": [], "lpips_term": lpips_term is not None}  # fmt: skip
         done = 0
     else:
         before = resumed["metrics"].get(str(start), {})
@@ -341,8 +344,8 @@ def edit_scene(
         seconds_per_edit=float(np.mean(edit_seconds)) if edit_seconds else 0.0,
         strengths=[float(x) for x in state["strengths"]],
         num_gaussians=(n_before, len(trainer.params["means"])),
-        lpips_term=trainer.loss_term is not None,
-        lpips_term_off=None if trainer.loss_term is not None else lpips_off,
+        lpips_term=lpips_term is not None,
+        lpips_term_off=None if lpips_term is not None else lpips_off,
         consistency=consistency,
         elapsed_s=time.perf_counter() - t_start,
         before=before,

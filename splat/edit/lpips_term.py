@@ -20,8 +20,6 @@ import sys
 import torch
 from torch import Tensor
 
-from splat.train.trainer import Trainer
-
 NO_WEIGHTS_NOTE = (
     "splat edit: note: the LPIPS term of the edit loss is off: the `lpips` package or torchvision's AlexNet "
     "weights (alexnet-owt-7be5be79.pth in torch.hub's checkpoints folder) are not on disk. To enable it: "
@@ -70,15 +68,3 @@ def load_lpips_term(weight: float, patch: int, image_size: tuple[int, int], devi
         print(NO_WEIGHTS_NOTE, file=sys.stderr, flush=True)
         return None, "no LPIPS weights on disk"
     return LPIPSTerm(net, weight, patch), "on"
-
-
-
-class EditTrainer(Trainer):
-    """The trainer of an edit: :class:`splat.train.trainer.Trainer` whose per-view photometric loss gains
-    ``loss_term(render, image)`` when one is set (the LPIPS term)."""
-
-    loss_term: LPIPSTerm | None = None
-
-    def _photo_loss(self, img: Tensor, gt: Tensor) -> Tensor:
-        loss = super()._photo_loss(img, gt)
-        return loss if self.loss_term is None else loss + self.loss_term(img, gt)

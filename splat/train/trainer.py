@@ -230,6 +230,8 @@ class Trainer:
         # called as cb(trainer, step, loss, psnr) after every step, loss / psnr of that step as 0-dim tensors
         # (e.g. splat.view.viewer.Viewer.on_train_step)
         self.step_callbacks: list = []
+        # extra terms of each view's photometric loss, term(render, image) -> 0-dim tensor (scene edits add LPIPS)
+        self.view_loss_terms: list = []
 
     @classmethod
     def from_model(cls, scene: str | Path, model: Model, cfg: TrainConfig | None = None, **kw) -> Trainer:
@@ -574,9 +576,12 @@ class Trainer:
         return torch.stack(terms).mean() if terms else depth_maps.sum() * 0.0
 
     def _photo_loss(self, img: Tensor, gt: Tensor) -> Tensor:
-        """(1 - ssim_lambda) * L1 + ssim_lambda * (1 - SSIM) of one view [H, W, 3]."""
+        """(1 - ssim_lambda) * L1 + ssim_lambda * (1 - SSIM) of one view [H, W, 3], plus ``view_loss_terms``."""
         lam = self.cfg.ssim_lambda
-        return (1 - lam) * (img - gt).abs().mean() + lam * (1 - ssim(img, gt))
+        loss = (1 - lam) * (img - gt).abs().mean() + lam * (1 - ssim(img, gt))
+        for term in self.view_loss_terms:
+            loss = loss + term(img, gt)
+        return loss
 
     # -- interruption --------------------------------------------------------------------------------
     def _write_interrupt_checkpoint(self) -> None:
