@@ -31,12 +31,12 @@ def main(argv: list[str]) -> int:
     from splat.commands.render import load_for_scene
     from splat.outputs import check_output_dir
     from splat.train.evaluation import evaluate_views, write_metrics
-    from splat.train.metrics import _load_lpips
+    from splat.train.metrics import load_lpips
 
     model, split = load_for_scene(cmd.checkpoint, cmd.scene, cmd.device, cmd.images, cmd.out)
     if cmd.out is not None:
         check_output_dir(cmd.out)
-    lpips = (_load_lpips(model.device) or False) if model.config.lpips else None
+    lpips = (load_lpips(model.device) or False) if model.config.lpips else None
     sh_degree = model.active_sh_degree()
     result = evaluate_views(
         lambda K, viewmat, w, h: model.render(K, viewmat, w, h, sh_degree)[0],

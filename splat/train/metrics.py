@@ -43,7 +43,7 @@ def ssim(pred: Tensor, gt: Tensor) -> Tensor:
     return _ssim(x, y, data_range=1.0, size_average=True)
 
 
-def _load_lpips(device: torch.device):
+def load_lpips(device: torch.device):
     """LPIPS(alex) if the package and all its weights are on disk already; None otherwise (no download)."""
     try:
         import lpips  # noqa: F401

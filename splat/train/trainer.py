@@ -65,7 +65,7 @@ from splat.train.errors import TrainingDiverged, TrainingInterrupted
 from splat.train.evaluation import evaluate_views, write_metrics
 from splat.train.guard import DivergenceGuard
 from splat.train.interrupt import InterruptHandler
-from splat.train.metrics import _load_lpips, ssim
+from splat.train.metrics import load_lpips, ssim
 from splat.train.strategy import Densifier
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted", "batch_views", "default_config",
@@ -601,7 +601,7 @@ class Trainer:
         renders saved beside ground truth; ``metrics.json`` rewritten."""
         cfg = self.cfg
         if cfg.lpips and self._lpips is None:
-            self._lpips = _load_lpips(self.device) or False
+            self._lpips = load_lpips(self.device) or False
             # LPIPS only where every rank has its weights: the ranks report the same metric keys
             if self.dist.any(self._lpips is False, self.device):
                 self._lpips = False

@@ -27,6 +27,7 @@ import editkit.batch as batch
 from editkit.batch import EditJob, _process_device, check_photo_names, launched
 from editkit.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
 from editkit.jobs import InputError
+from tests.helpers import one_torch_thread
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = ["--inversion", "direct", "--steps", "2", "--quiet"]
@@ -53,16 +54,6 @@ def photos(tmp_path_factory) -> dict[str, Path]:
     out["pairs"] = folder / "pairs.tsv"
     out["pairs"].write_text(PAIRS)
     return out
-
-
-@contextlib.contextmanager
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -94,7 +85,7 @@ def batch_run(model, photos, tmp_path_factory):
         *[a for a in RUN if a != "--quiet"],
     ]  # the table is on stderr
     stdout, stderr = io.StringIO(), io.StringIO()
-    with one_thread(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    with one_torch_thread(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main(argv)
     return {
         "code": code,
@@ -130,7 +121,7 @@ def test_two_processes_write_the_same_files_as_one(model, photos, tmp_path):
     common = ["--model", model, "--pairs", str(photos["pairs"]), "--device", "cpu", *RUN]
 
     one = tmp_path / "one"  # the plain single-process command, as it ran before batch mode existed
-    with one_thread():
+    with one_torch_thread():
         assert main(["edit", *map(str, good), "--output", str(one), *common]) == EXIT_OK
     reference = files(one)
     assert len(reference) == 4 * 3  # per photo: the source, one edit per pair

@@ -3,27 +3,14 @@ docstring for why the variants exist)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import one_torch_thread
+
 DEMO = Path(__file__).resolve().parents[3] / "assets" / "demo"
-
-
-@contextmanager
-def one_torch_thread():
-    """One torch thread while the scene-edit tests run. Their tensors are small (64 px renders, the tiny UNet at
-    32 px), and on a 2-core machine that runs other processes too, two OpenMP threads wait for each other at
-    every op: measured there, one tiny-UNet call took 0.13 s with two threads and 0.011 s with one (0.012 s with
-    two on an idle machine), a 64 px render and its backward 0.14-0.16 s with two and 0.05-0.06 s with one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -39,7 +26,7 @@ def no_lpips_weights():
     from splat.train import metrics
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(metrics, "_load_lpips", lambda device: None)
+        m.setattr(metrics, "load_lpips", lambda device: None)
         yield
 
 

@@ -48,7 +48,7 @@ class UNetCalls:
 
 def settings(cache: Path, **kw) -> EditConfig:
     base = dict(source=SOURCE, target=TARGET, steps=10, guidance=1.0, strength=0.5, edit_size=32, edit_every=2,
-                iterations=124, cache_dir=cache, progress=False)  # fmt: skip
+                iterations=62, cache_dir=cache, progress=False)  # fmt: skip
     base.update(kw)
     return EditConfig(**base)
 
@@ -103,7 +103,7 @@ def edited_images(out: Path) -> dict[str, np.ndarray]:
 def test_identity_edit_leaves_the_scene_as_it_was(smooth_runs):
     same, dog = smooth_runs["same"], smooth_runs["dog"]
     start, end = start_step(same), start_step(same) + same.steps
-    assert same.views_edited == 62  # every training view twice (124 steps, one edit per 2)
+    assert same.views_edited == 31  # every training view once (62 steps, one edit per 2)
     before = renders(same.out, start)
     after_same, after_dog = renders(same.out, end), renders(dog.out, end)
     assert len(before) == 5
@@ -143,9 +143,10 @@ def test_real_edit_changes_the_training_images_and_the_colours(run, smooth_runs,
     moved = {k: float((c - saved["sh0"])[shown].abs().mean()) for k, c in colours.items()}
     print("mean |change| of the opaque Gaussians' SH DC colours:", moved)
     # both runs go on training the same steps on the same views in the same order; only the images differ.
-    # The identity run's colours still move (its unedited views train on the photos, measured 0.015), the
-    # real edit's by ~4x that (0.059)
-    assert moved["dog"] > 3 * moved["same"], moved
+    # The identity run's colours still move (its unedited views train on the photos, measured 0.014), the
+    # real edit's by ~2x that (0.030; each view is edited once, the last ones a step before the end); with the
+    # edited images never given to the trainer, both runs train on the photos alike (ratio 1)
+    assert moved["dog"] > 1.5 * moved["same"], moved
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +154,7 @@ def blend_runs(run, sharp, tmp_path_factory):
     """cat -> dog with a local blend on the `sharp` model, twice with the same seed."""
     root = tmp_path_factory.mktemp("blend")
     cfg = settings(root / "cache", blend_words=("cat",), blend_target_words=("dog",), blend_threshold=0.6,
-                   iterations=40, **FAST)  # fmt: skip
+                   iterations=20, **FAST)  # fmt: skip
     first = edit_scene(run, DEMO, cfg, root / "first", pipe=sharp)
     second = edit_scene(run, DEMO, cfg, root / "second", pipe=sharp)
     return first, second
@@ -162,7 +163,7 @@ def blend_runs(run, sharp, tmp_path_factory):
 def test_local_blend_keeps_the_photos_outside_the_mask_exactly(run, blend_runs, photos):
     first, _ = blend_runs
     images = edited_images(first.out)
-    assert len(images) == 20  # 40 steps, one edit per 2, each view at most once
+    assert len(images) == 10  # 20 steps, one edit per 2, each view at most once
     inside_changed, coverage = [], []
     for stem, image in images.items():
         mask = np.asarray(Image.open(first.out / "edited_images" / f"{stem}_mask.png"))[..., 0] > 127
@@ -312,7 +313,7 @@ def test_interrupted_edit_resumes_to_the_uninterrupted_result(run, smooth, tmp_p
     from splat.train import metrics
 
     with monkeypatch.context() as m:  # LPIPS weights here, not where the edit was made: refused
-        m.setattr(metrics, "_load_lpips", lambda device: lambda x, y: (x - y).abs().mean((1, 2, 3)))
+        m.setattr(metrics, "load_lpips", lambda device: lambda x, y: (x - y).abs().mean((1, 2, 3)))
         with pytest.raises(SceneEditError, match="without the LPIPS term"):
             edit_scene(run, DEMO, cfg, out, pipe=smooth, resume=info.value.checkpoint)
     resumed = edit_scene(run, DEMO, cfg, out, pipe=smooth, resume=info.value.checkpoint)

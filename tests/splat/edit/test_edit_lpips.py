@@ -56,7 +56,7 @@ def test_weight_zero_is_off_silently(monkeypatch, capsys):
     """Mutation caught: the weights looked up (and the note printed) although the term is turned off."""
     from splat.train import metrics
 
-    monkeypatch.setattr(metrics, "_load_lpips", lambda device: pytest.fail("looked up with weight 0"))
+    monkeypatch.setattr(metrics, "load_lpips", lambda device: pytest.fail("looked up with weight 0"))
     assert load_lpips_term(0.0, 32, (64, 48), "cpu") == (None, "--lpips-weight 0")
     assert capsys.readouterr().err == ""
 
@@ -78,7 +78,7 @@ def test_lpips_term_changes_the_update_by_its_weight_and_is_noted_when_off(run, 
 
     net = StandInLPIPS()
     found = {"net": net}
-    monkeypatch.setattr(metrics, "_load_lpips", lambda device: found["net"])
+    monkeypatch.setattr(metrics, "load_lpips", lambda device: found["net"])
     params, records = {}, {}
     for name, weight, present in (("w1", 1.0, True), ("w4", 4.0, True), ("none", 1.0, False)):
         found["net"] = net if present else None

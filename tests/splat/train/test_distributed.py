@@ -59,7 +59,7 @@ def _worker(rank: int, world: int, store: str, scene: str, cfg, results: str, in
 
     # LPIPS weights on rank 0's node only: the ranks must still report the same metric keys
     fake_lpips = lambda a, b: torch.tensor(0.25)  # noqa: E731
-    trainer_module._load_lpips = (lambda device: fake_lpips) if rank == 0 else (lambda device: None)
+    trainer_module.load_lpips = (lambda device: fake_lpips) if rank == 0 else (lambda device: None)
     written: list[str] = []
     if rank != 0:  # record every atomic write (safeio renames its temp files into place)
         real_replace = os.replace
