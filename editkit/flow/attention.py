@@ -339,8 +339,6 @@ class JointLocalBlend(Controller):
             return latents
         mask = self.mask(session.latent_hw)
         self.last_mask = mask
-        if latents.ndim == 3:  # packed FLUX latents [P, N, C]: one token per 2x2 latent patch
-            mask = F.max_pool2d(mask.float(), 2).flatten(2).transpose(1, 2).bool()  # [P, N, 1]
         mask = mask.to(latents.dtype)
         return latents[:1] + mask * (latents - latents[:1])
 

@@ -20,10 +20,11 @@ positions are its CLIP token positions (start token at 0) and / or its T5 piece 
 and the edits' mappers are block-diagonal over the two encoders (Replace: the word-swap rule of
 Prompt-to-Prompt per encoder; Refine: Prompt-to-Prompt's token alignment per encoder).
 
-Sampling: the flow-matching Euler loop of the pipeline's own scheduler, written out here (as
-:func:`editkit.sampling.denoise` is for the UNet) so the hook session gets the step before every transformer
-call and local blend rewrites the latents after every step. All prompts start from one shared noise. SD3 uses
-classifier-free guidance (rows ``[uncond(P), cond(P)]``), FLUX.1-dev its guidance embedding (rows ``[cond(P)]``).
+Sampling: :func:`editkit.flow.sampling.generate`, editkit's one flow-matching Euler loop for SD3 and FLUX.1
+(the grid of the pipeline's own scheduler), driving the hook session: it gets the step before every
+transformer call and local blend rewrites the latents (``[P, C, h, w]``, FLUX.1's unpacked) after every step.
+All prompts start from one shared noise. SD3 uses classifier-free guidance (rows ``[uncond(P), cond(P)]``),
+FLUX.1-dev its guidance embedding (rows ``[cond(P)]``).
 """
 
 from __future__ import annotations
@@ -31,13 +32,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
-from ..hooks import BatchLayout, describe_layers, hooked
+from ..hooks import describe_layers, hooked
 from ..p2p import text as p2p_text
+from . import sampling
 from .attention import (
     DEFAULT_BLEND_STEPS,
     DEFAULT_BLEND_THRESHOLD,
@@ -256,18 +256,6 @@ def _build_edit(pipe, layout, prompts, edit, num_steps):
 
 
 # --- Sampling ---------------------------------------------------------------------------------------------
-def _encode(pipe, fam, prompts, negative, cfg, max_len, device):
-    if fam == "sd3":
-        emb, neg, pooled, neg_pooled = pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=cfg,
-            negative_prompt=[negative or ""] * len(prompts), max_sequence_length=max_len)
-        if cfg:
-            return torch.cat([neg, emb]), torch.cat([neg_pooled, pooled]), None
-        return emb, pooled, None
-    emb, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, max_sequence_length=max_len)
-    return emb, pooled, text_ids
-
-
 @torch.no_grad()
 def generate(
     pipe,
@@ -311,17 +299,12 @@ def generate(
         raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
     if isinstance(value_steps, bool) or not isinstance(value_steps, int) or not 0 <= value_steps <= num_inference_steps:
         raise ValueError(f"value_steps must be an integer in [0, {num_inference_steps}], got {value_steps!r}")
-    guidance_scale = (7.0 if fam == "sd3" else 3.5) if guidance_scale is None else float(guidance_scale)
+    guidance_scale = None if guidance_scale is None else float(guidance_scale)  # None: the pipeline's default
     max_len = max_sequence_length or (256 if fam == "sd3" else 512)
-    scale = pipe.vae_scale_factor
-    height = height or pipe.default_sample_size * scale
-    width = width or pipe.default_sample_size * scale
-    step = scale * 2  # a token covers 2x2 latent pixels in both families
-    if height <= 0 or width <= 0 or height % step or width % step:
-        raise ValueError(f"height and width must be positive multiples of {step} for this model, got {height}x{width}")
-    device, dtype = pipe._execution_device, pipe.transformer.dtype
+    size = pipe.default_sample_size * pipe.vae_scale_factor
+    height, width = height or size, width or size
+    sampling.check_latent_size(pipe, height, width)
     n = len(prompts)
-    cfg = fam == "sd3" and guidance_scale > 1.0
     layout = text_layout(pipe, max_len)
 
     # controllers
@@ -352,52 +335,11 @@ def generate(
         blend = JointLocalBlend(store, alpha, window, local_blend.threshold, pool=fam == "sd3")
         controllers.append(blend)
 
-    # text, noise, schedule
-    embeds, pooled, text_ids = _encode(pipe, fam, prompts, negative_prompt, cfg, max_len, device)
-    channels = pipe.transformer.config.in_channels // (4 if fam == "flux" else 1)
-    lh, lw = height // scale, width // scale
-    from diffusers.utils.torch_utils import randn_tensor
-
-    noise = randn_tensor((1, channels, lh, lw), generator=generator, device=device, dtype=dtype)
-    x = noise.expand(n, -1, -1, -1).clone()
-    extra = {}
-    if fam == "flux":
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        x = pipe._pack_latents(x, n, channels, lh, lw)
-        img_ids = pipe._prepare_latent_image_ids(n, lh // 2, lw // 2, device, dtype)
-        c = pipe.scheduler.config
-        mu = calculate_shift(x.shape[1], c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
-        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-        pipe.scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
-        extra = dict(txt_ids=text_ids, img_ids=img_ids)
-        if pipe.transformer.config.guidance_embeds:
-            extra["guidance"] = torch.full((n,), guidance_scale, device=device, dtype=torch.float32)
-    else:
-        pipe.scheduler.set_timesteps(num_inference_steps, device=device)
-    timesteps = pipe.scheduler.timesteps
-
     with hooked(pipe.transformer, controllers) as session:
-        session.begin(BatchLayout(n, cfg), (lh, lw), len(timesteps))
-        for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="flow P2P", leave=False)):
-            session.set_step(i, t)
-            model_in = torch.cat([x, x]) if cfg else x
-            tt = t.expand(model_in.shape[0]).to(dtype)
-            v = pipe.transformer(hidden_states=model_in, timestep=tt / 1000 if fam == "flux" else tt,
-                                 encoder_hidden_states=embeds, pooled_projections=pooled, return_dict=False, **extra)[0]
-            if cfg:
-                uncond, cond = v.chunk(2)
-                v = uncond + guidance_scale * (cond - uncond)
-            x = pipe.scheduler.step(v, t, x, return_dict=False)[0]
-            x = session.step_end(x)
-
-    if fam == "flux":
-        x = pipe._unpack_latents(x, height, width, scale)
-    vae = pipe.vae
-    z = x / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-    images = vae.decode(z.to(vae.dtype), return_dict=False)[0]
-    images = pipe.image_processor.postprocess(images, output_type=output_type)
+        x = sampling.generate(pipe, prompts, height=height, width=width, num_inference_steps=num_inference_steps,
+                              guidance_scale=guidance_scale, generator=generator, negative_prompt=negative_prompt or "",
+                              max_sequence_length=max_len, session=session, output_type="latent", progress=progress)
+    images = sampling.decode_latents(pipe, x, output_type)
     return FlowP2PResult(images[0], list(images[1:]), x, prompts, store if return_attention else None,
                          None if blend is None else blend.last_mask)
 

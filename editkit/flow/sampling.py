@@ -362,12 +362,12 @@ DEFAULT_STEPS = {"sd3": 28, "flux": 28}
 @torch.no_grad()
 def generate(pipe, prompts: str | Sequence[str], *, height: int | None = None, width: int | None = None,
              num_inference_steps: int | None = None, guidance_scale: float | None = None, generator=None,
-             latents: torch.Tensor | None = None, negative_prompt: str = "", session=None,
-             output_type: str = "pil", progress: bool = False):
+             latents: torch.Tensor | None = None, negative_prompt: str = "", max_sequence_length: int | None = None,
+             session=None, output_type: str = "pil", progress: bool = False):
     """Text to image with the shared noise of all prompts (one image per prompt), Euler as the pipelines do.
 
     Defaults follow the diffusers pipelines: 28 steps; guidance 7.0 (SD3) / 3.5 (FLUX); size
-    ``default_sample_size * vae_scale_factor``.
+    ``default_sample_size * vae_scale_factor``; T5 ``max_sequence_length`` (:func:`encode_prompts`).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     fam = family(pipe)
@@ -375,7 +375,7 @@ def generate(pipe, prompts: str | Sequence[str], *, height: int | None = None, w
     guidance = DEFAULT_GUIDANCE[fam] if guidance_scale is None else guidance_scale
     size = pipe.default_sample_size * pipe.vae_scale_factor
     latent_hw = check_latent_size(pipe, height or size, width or size)
-    cond = encode_prompts(pipe, prompts, negative_prompt)
+    cond = encode_prompts(pipe, prompts, negative_prompt, max_sequence_length)
     if latents is None:  # drawn as the pipelines' prepare_latents draw it: [1, C, h, w], then packed (FLUX)
         from diffusers.utils.torch_utils import randn_tensor
 

@@ -300,23 +300,3 @@ def test_local_blend_keeps_the_source_outside_the_mask_bit_for_bit(model):
     assert 0 < keep.sum() < keep.numel()  # a real mask: some pixels edited, some kept
     assert torch.equal(x[1][:, keep], x[0][:, keep])
     assert not torch.equal(x[1][:, ~keep], x[0][:, ~keep])
-
-
-def test_local_blend_on_packed_flux_latents():
-    store = JointAttentionStore()
-    store.sums = {"l": torch.rand(2, 64, TEXT)}
-    store.counts, store.grid = {"l": 1}, (8, 8)
-    words = torch.zeros(2, TEXT)
-    words[:, 1] = 1
-    blend = JointLocalBlend(store, words, window=(0, 1), threshold=0.5, pool=False)
-
-    class S:
-        step, latent_hw = 0, (LATENT, LATENT)
-
-    packed = torch.randn(2, 64, 16)
-    out = blend.on_step_end(packed, S())
-    mask = blend.last_mask[1, 0]  # [16, 16] latent mask; one token per 2x2 patch
-    token_kept = ~mask.reshape(8, 2, 8, 2).any(3).any(1).reshape(64)
-    assert 0 < token_kept.sum() < 64
-    assert torch.equal(out[1][token_kept], packed[0][token_kept])
-    torch.testing.assert_close(out[1][~token_kept], packed[1][~token_kept])
