@@ -383,8 +383,11 @@ def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: in
                                      outputs=[photo["preview"], photo["note"]], queue=False)
             for out in (g_out, p_out):
                 picker = out["picker"]
-                picker["prompt"].change(_on_prompt(gr, picker), inputs=[out["maps"], picker["prompt"]],
-                                        outputs=list(picker.values()), queue=False)
+                # .input, not .change: a run sets the prompt itself, with its map; a second identical map
+                # would make Gradio rewrite the same cache file in place while the page is still fetching it
+                # (a broken picture, and "Too much data for declared Content-Length" in the log)
+                picker["prompt"].input(_on_prompt(gr, picker), inputs=[out["maps"], picker["prompt"]],
+                                       outputs=list(picker.values()), queue=False)
                 picker["token"].input(_show_token, inputs=[out["maps"], picker["prompt"], picker["token"]],
                                       outputs=[picker["image"]], queue=False)
 
