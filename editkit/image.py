@@ -31,6 +31,7 @@ in ``[0, 1]`` are scaled by 255; everything else goes through ``Image.convert("R
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,9 @@ def _open(source, max_pixels: int) -> tuple[Image.Image, str]:
     if path.is_dir():
         raise ValueError(f"{name} is a folder, not an image file")
     try:
-        image = Image.open(path)  # reads the header only
+        with warnings.catch_warnings():  # our own limit, checked next, says it more plainly than PIL's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)  # reads the header only
     except Image.DecompressionBombError as e:
         raise ValueError(f"{name} is refused as a decompression bomb ({e}); the limit is {max_pixels:,} pixels") from e
     except UnidentifiedImageError as e:

@@ -7,8 +7,8 @@ loaded, and :func:`edit_photo` applies one source prompt and its target prompts 
 
 from __future__ import annotations
 
-import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -62,8 +62,19 @@ def photo_size(pipe, image):
     native = int(pipe.default_sample_size * pipe.vae_scale_factor)
     if isinstance(image, torch.Tensor):
         return None
-    with Image.open(image) if not isinstance(image, Image.Image) else contextlib.nullcontext(image) as im:
-        longer = max(im.size)
+    if not isinstance(image, Image.Image):
+        from ..image import load_image
+
+        try:
+            with warnings.catch_warnings():  # load_image refuses a photo over the limit in its own words
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(image) as im:
+                    longer = max(im.size)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            load_image(image)  # raises the ValueError that names the problem
+            raise
+    else:
+        longer = max(image.size)
     return None if longer <= native else native
 
 

@@ -447,3 +447,16 @@ def test_an_unwritable_output_is_still_refused_before_the_model(tmp_path, capsys
     argv = ["generate", "--source", "a cat", "--target", "a dog", "--model", str(tmp_path / "no-model"), "--quiet"]
     assert main([*argv, "--output", str(tmp_path / "a-file" / "out" / "deeper")]) == EXIT_USAGE
     assert "cannot be written: Not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("side, words", [(10_000, "10000x10000 px"), (20_000, "decompression bomb")])
+def test_flow_photo_over_the_limit_is_refused_in_words(tmp_path, side, words):
+    """SD3 / FLUX from Python: a photo whose header is over the limit gets editkit's refusal, naming the file,
+    before anything is decoded; PIL's warning never reaches the user (pyproject turns it into an error)."""
+    from editkit.flow.edit import FlowSettings, edit_photo
+
+    from ._flow_common import tiny
+
+    path = png_header_only(tmp_path / f"huge{side}.png", side, side)
+    with pytest.raises(ValueError, match=rf"huge{side}\.png.*{words}"):
+        edit_photo(tiny("sd3"), path, "a cat", ["a dog"], FlowSettings(steps=2))
