@@ -370,12 +370,7 @@ def build_app(model=DEFAULT_MODEL, *, device=None, dtype=None, default_steps: in
                 (n_run, n_cancel, run_photo_pnp, components(n_photo["file"], n_photo["keep"], n_target, n_source, n_ft,
                                                             n_at, sessions_cache, n_sampling), n_out),
             ]
-            for button, cancel, fn, inputs, outputs in events:
-                out_list = [c for c in outputs.values() if c is not None and not isinstance(c, dict)]
-                out_list += list(outputs["picker"].values()) if "picker" in outputs else []
-                button.click(guarded(fn, outputs), inputs=inputs, outputs=out_list, concurrency_limit=1,
-                             concurrency_id=RUN_GROUP)
-                cancel.click(cancel_run, inputs=None, outputs=None, queue=False)
+            _wire_runs(events, guarded, cancel_run)
             for photo in (p_photo, n_photo):
                 photo["file"].change(_describe_photo, inputs=[photo["file"], photo["keep"]],
                                      outputs=[photo["preview"], photo["note"]], queue=False)
@@ -499,16 +494,23 @@ def _flow_tabs(gr, loaded, guarded, cancel_run, default_steps):
             raise InputError(str(e)) from e
         return Outcome(source=src, targets=edits), targets
 
-    for button, cancel, fn, inputs, outputs in [
+    _wire_runs([
         (f_run, f_cancel, run_photo, [f_photo["file"], f_source, f_target, *f_c.values()], f_out),
         (q_run, q_cancel, run_generate, [q_source, q_target, *q_c.values()], q_out),
-    ]:
+    ], guarded, cancel_run)
+    f_photo["file"].change(_describe_flow_photo(loaded.pipe), inputs=[f_photo["file"]],
+                           outputs=[f_photo["preview"], f_photo["note"]], queue=False)
+
+
+def _wire_runs(events, guarded, cancel_run) -> None:
+    """Each tab's Run button (its function reads the inputs as a dict; one run at a time across the app) and
+    its Cancel. ``events``: (run button, cancel button, function, inputs, outputs as ``_outputs`` made them)."""
+    for button, cancel, fn, inputs, outputs in events:
         out_list = [c for c in outputs.values() if c is not None and not isinstance(c, dict)]
+        out_list += list(outputs["picker"].values()) if "picker" in outputs else []
         button.click(guarded(fn, outputs), inputs=set(inputs), outputs=out_list, concurrency_limit=1,
                      concurrency_id=RUN_GROUP)
         cancel.click(cancel_run, inputs=None, outputs=None, queue=False)
-    f_photo["file"].change(_describe_flow_photo(loaded.pipe), inputs=[f_photo["file"]],
-                           outputs=[f_photo["preview"], f_photo["note"]], queue=False)
 
 
 def _describe_flow_photo(pipe):
