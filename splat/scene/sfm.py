@@ -15,7 +15,7 @@ file-name order (the sequential pairs, for captures taken in order) and with the
 it according to a visual index (a vocabulary tree) trained on the scene's own SIFT descriptors, since
 pycolmap ships no vocabulary tree and none can be downloaded offline. The pairs grow linearly with the
 images instead of quadratically, and retrieval closes loops and connects unordered photos. The model is written as COLMAP returns it (distorted camera
-models included); undistortion is the trainer's job (`splat/colmap.py`).
+models included); undistortion happens when the scene is read (`splat/scene/colmap.py`).
 
 Example:
 
