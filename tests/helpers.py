@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -19,3 +22,16 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width x height`` but whose body is far too small for it: what a crafted
+    file looks like to a loader that trusts the header. A decoder must never get that far."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path

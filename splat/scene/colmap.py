@@ -432,10 +432,11 @@ def _pinhole_K(camera) -> np.ndarray:
     return K
 
 
-def header_size(path: Path) -> tuple[int, int]:
+def header_size(path: Path, check: bool = True) -> tuple[int, int]:
     """``(width, height)`` as the image's header declares them, nothing decoded; larger than
     ``SPLAT_MAX_IMAGE_PIXELS`` is a :class:`SceneError` (checked here, before any decoder runs: PIL's own
-    decompression-bomb check, which would otherwise refuse first without the size, waits for this one)."""
+    decompression-bomb check, which would otherwise refuse first without the size, waits for this one),
+    unless ``check`` is false (the caller then compares with ``limit("image_pixels")`` itself)."""
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # only the header is read below
     try:
@@ -448,7 +449,7 @@ def header_size(path: Path) -> tuple[int, int]:
     finally:
         Image.MAX_IMAGE_PIXELS = saved
     most = limit("image_pixels")
-    if width * height > most:
+    if check and width * height > most:
         raise SceneError(
             f"image {path} is {width}x{height} pixels ({width * height / 1e6:.0f} Mpx), more than allowed: "
             f"at most {most / 1e6:.0f} Mpx; {how_to_raise('image_pixels')} (or downscale the photos)"

@@ -47,7 +47,8 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from safeio import OwnershipError, atomic_path, atomic_write_text, make_owned_dir, remove_owned_dir
-from splat.scene.colmap import CACHE_OWNER, default_cache_dir, stderr_to
+from splat.config import how_to_raise, limit
+from splat.scene.colmap import CACHE_OWNER, SceneError, default_cache_dir, header_size, stderr_to
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 # EXIF tag numbers (PIL.ExifTags.Base): orientation, and what tells two cameras apart.
@@ -314,9 +315,18 @@ def _list_images(scene: Path, image_dir: Path) -> list[str]:
 
 def _read_image_infos(image_dir: Path, names: list[str], progress: bool) -> dict[str, dict]:
     """Decodes every image (JPEGs at 1/8 scale, fast) so that broken files fail here, named, not in COLMAP."""
-    infos, unreadable = {}, []
+    infos, unreadable, too_large = {}, [], []
+    most = limit("image_pixels")
     for name in tqdm(names, desc="read images", unit="img", disable=not progress):
         path = image_dir / name
+        try:
+            width, height = header_size(path, check=False)  # nothing decoded yet
+        except SceneError as e:
+            unreadable.append(f"{name} ({e})")
+            continue
+        if width * height > most:  # refused before COLMAP spends minutes on it, not when training reads it
+            too_large.append(f"{name} ({width}x{height})")
+            continue
         try:
             with Image.open(path) as im:
                 size = im.size
@@ -334,6 +344,11 @@ def _read_image_infos(image_dir: Path, names: list[str], progress: bool) -> dict
             "camera": (exif.get(_EXIF_MAKE), exif.get(_EXIF_MODEL), None if focal is None else float(focal)),
             "fingerprint": [stat.st_size, stat.st_mtime_ns],
         }
+    if too_large:
+        raise SfmError(
+            f"{len(too_large)} image(s) in {image_dir} have more than {most / 1e6:g} Mpx: {'; '.join(too_large)}. "
+            f"Downscale them, or {how_to_raise('image_pixels')}."
+        )
     if unreadable:
         raise SfmError(
             f"{len(unreadable)} image(s) in {image_dir} cannot be read: {'; '.join(unreadable)}. "

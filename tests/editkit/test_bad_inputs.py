@@ -7,9 +7,7 @@ encoder's 77 tokens, and more of the same families.
 
 from __future__ import annotations
 
-import struct
 import time
-import zlib
 
 import pytest
 import torch
@@ -20,6 +18,7 @@ from editkit.editing import edit_image
 from editkit.image import MAX_PIXELS, load_image
 from editkit.inversion import Inversion, invert, reconstruct
 from editkit.pnp import pnp_edit
+from tests.helpers import png_header_only
 
 SOURCE, TARGET = "a cat riding a bicycle", "a cat riding a car"
 GEN = dict(height=32, width=32, num_inference_steps=2, progress=False)
@@ -27,18 +26,6 @@ NAN, INF = float("nan"), float("inf")
 # 80 one-token words push the last word past CLIP's 77 tokens (start token + 75 words + end token)
 LONG = "a " * 80
 FAST = 10.0  # s: a refusal must come before any real work (generous for a loaded 2-core machine)
-
-
-def png_header_only(path, width, height):
-    """A PNG whose header declares ``width x height`` but whose body is one tiny IDAT: what a crafted
-    file looks like to a loader that trusts the header."""
-    Image.new("RGB", (1, 1)).save(path)
-    data = bytearray(path.read_bytes())
-    ihdr = 8  # the IHDR chunk follows the 8-byte signature: length(4) type(4) data(13) crc(4)
-    data[ihdr + 8 : ihdr + 16] = struct.pack(">II", width, height)
-    data[ihdr + 21 : ihdr + 25] = struct.pack(">I", zlib.crc32(bytes(data[ihdr + 4 : ihdr + 21])))
-    path.write_bytes(bytes(data))
-    return path
 
 
 def inversion(latents, steps, method="ddim", guidance=7.5, uncond=None):

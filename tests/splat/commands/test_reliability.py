@@ -16,13 +16,13 @@ import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import pytest
 import torch
 
 from splat.cli import main
+from tests.helpers import png_header_only
 from tests.splat.commands.catalogue import DEMO, assert_refused, run_cli, tree
 
 FAST = ["--device", "cpu", "--no-progress", "--no-lpips", "--max-width", "32"]
@@ -165,20 +165,11 @@ def test_deeply_nested_splat_json_is_one_line(scene, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def _png_header_only(path: Path, width: int, height: int) -> None:
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)  # far too little data: a decoder must not get that far
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
 def test_an_image_declaring_a_huge_size_is_refused_before_decoding(scene, tmp_path):
     s = tmp_path / "scene"
     shutil.copytree(scene, s)
     victim = sorted((s / "images").iterdir())[0]
-    _png_header_only(victim, 20_000, 20_000)  # 400 Mpx: 1.2 GB decoded
+    png_header_only(victim, 20_000, 20_000)  # 400 Mpx: 1.2 GB decoded
     p, peak = subprocess_peak(["train", s, "--out", tmp_path / "out", "--steps", "2", *FAST])
     assert p.returncode == 2, p.stderr
     assert victim.name in p.stderr and re.search(r"20000x20000", p.stderr) and "Traceback" not in p.stderr

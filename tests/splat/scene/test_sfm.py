@@ -13,6 +13,7 @@ from PIL import Image
 
 from splat.scene.colmap import default_cache_dir
 from splat.scene.sfm import PrepareConfig, SfmError, _natural_key, _pairs, prepare
+from tests.helpers import png_header_only
 from tests.splat.helpers import SHARED_SCENES
 
 SCENES = SHARED_SCENES
@@ -218,3 +219,21 @@ def test_auto_matcher_scales_with_retrieval_above_the_exhaustive_limit(tmp_path)
     assert summary.num_registered >= 11, summary
     assert "from the cache" not in str(summary)  # a cold run takes nothing from the cache
     assert sorted(p.name for p in scene.iterdir()) == ["images", "sparse"]  # no cache inside the scene
+
+
+def test_a_photo_over_the_pixel_limit_is_refused_before_sfm(tmp_path, monkeypatch):
+    """A photo over SPLAT_MAX_IMAGE_PIXELS is named before COLMAP spends minutes on it (not when training reads
+    it afterwards), and nothing is decoded: a header declaring 120 Mpx with no body (PIL's warning, which
+    pytest turns into an error, never fires), then a real photo over a lowered limit."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 48), (i * 80, 50, 50)).save(images / f"ok_{i}.jpg")
+    png_header_only(images / "huge.png", 12_000, 10_000)
+    with pytest.raises(SfmError, match=r"1 image\(s\) .* more than 100 Mpx: huge\.png \(12000x10000\).*SPLAT_MAX"):
+        prepare(tmp_path, quiet())
+    (images / "huge.png").unlink()
+    monkeypatch.setenv("SPLAT_MAX_IMAGE_PIXELS", "3000")  # 64 x 48 = 3072
+    with pytest.raises(SfmError, match=r"3 image\(s\) .* more than 0.003 Mpx: ok_0\.jpg \(64x48\)"):
+        prepare(tmp_path, quiet())
+    assert not (tmp_path / "sparse").exists()
