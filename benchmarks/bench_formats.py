@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from splat.config import PRESETS  # noqa: E402
 from splat.gaussians.formats import FORMATS, SUFFIXES, load_gaussians_file, save_gaussians  # noqa: E402
 from splat.gaussians.model import load_model  # noqa: E402
-from splat.train.trainer import Trainer  # noqa: E402
+from splat.training.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCENES = next(

@@ -39,7 +39,7 @@ from splat.config import TrainConfig  # noqa: E402
 from splat.edit.dataset_update import EditConfig, edit_scene  # noqa: E402
 from splat.gaussians import load_model  # noqa: E402
 from splat.outputs import image_stem  # noqa: E402
-from splat.train.trainer import Trainer  # noqa: E402
+from splat.training.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo"

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from splat.config import PRESETS, TrainConfig  # noqa: E402
 from splat.gaussians.init import init_gaussians, knn_sq_dist  # noqa: E402
-from splat.train.trainer import Trainer  # noqa: E402
+from splat.training.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared/scenes beside the checkout (a worktree one level deeper also finds it)

@@ -39,7 +39,7 @@ DEMO = REPO / "assets" / "demo"
 
 def demo_gaussians(tmp: Path):
     from splat.config import TrainConfig
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     trainer = Trainer(DEMO, TrainConfig(out=tmp / "init", device="cpu", progress=False, sh_degree=3))
     return {k: v.detach() for k, v in trainer.params.items()}, 3, None
@@ -88,7 +88,7 @@ def training_overhead(steps: int, repeats: int, max_width: int) -> dict[str, flo
     """Best wall and CPU (process) time of ``steps`` demo training steps without / with a viewer attached
     (no client), and the cost of one call of the idle viewer's step callback."""
     from splat.config import TrainConfig
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
     from splat.view.viewer import Viewer
 
     base = TrainConfig(

@@ -37,7 +37,7 @@ def _inputs(n: int, cameras: int, seed: int, device: torch.device):
         "opacities": torch.randn(n, generator=gen),
     }
     params = {k: v.to(device) for k, v in params.items()}
-    from splat.train import _gsplat
+    from splat.training import _gsplat
 
     radii_shape = (
         (cameras, n, 2) if _gsplat._release(_gsplat.installed_version()) >= (1, 5, 0) else (cameras, n)
@@ -55,14 +55,14 @@ def _inputs(n: int, cameras: int, seed: int, device: torch.device):
 
 def _densifier():
     from splat.config import DensifyConfig
-    from splat.train.strategy import Densifier
+    from splat.training.strategy import Densifier
 
     return Densifier(DensifyConfig(strategy="default", refine_start=0, refine_stop=10, refine_every=1))
 
 
 def update_twice(n: int, cameras: int, device: torch.device) -> tuple[bool, float]:
     """(bits equal, largest difference) of two statistics updates on the same inputs."""
-    from splat.train import _gsplat
+    from splat.training import _gsplat
 
     results = []
     for _ in range(2):
@@ -75,8 +75,8 @@ def update_twice(n: int, cameras: int, device: torch.device) -> tuple[bool, floa
 
 
 def _rank(rank: int, world: int, backend: str, store: str, n: int, cameras: int, result: str) -> None:
-    from splat.train import _gsplat
-    from splat.train.distributed import DistContext, RanksDisagree
+    from splat.training import _gsplat
+    from splat.training.distributed import DistContext, RanksDisagree
 
     device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
@@ -113,7 +113,7 @@ def _rank(rank: int, world: int, backend: str, store: str, n: int, cameras: int,
         Path(result).write_text("\n".join(lines))
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os._exit(0)  # as splat.train.distributed.end_worker (gloo's thread and interpreter finalisation)
+    os._exit(0)  # as splat.training.distributed.end_worker (gloo's thread and interpreter finalisation)
 
 
 def main(argv: list[str] | None = None) -> int:

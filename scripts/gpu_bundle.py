@@ -225,7 +225,7 @@ def build(out: Path, python_version: str = "3.12", prebuilt: Path | None = None,
 
 
 IMPORTS = ("gsplat", "diffusers", "pycolmap", "tyro", "viser", "pytorch_msssim", "editkit", "splat",
-           "editkit.p2p", "editkit.flow.flowedit", "splat.train.trainer", "splat.render.rasterization")
+           "editkit.p2p", "editkit.flow.flowedit", "splat.training.trainer", "splat.render.rasterization")
 # ^ what the GPU stages run
 
 

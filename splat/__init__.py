@@ -11,9 +11,9 @@ Python API (mirrors the CLI)::
 One concept per folder; imports point down this list only (``tests/apps/test_layering.py`` checks it)::
 
     commands/   one module per ``splat`` command (cli.py dispatches)       may import everything below
-    edit/       text edits of a trained scene (Iterative Dataset Update)   train, gaussians, scene, render
+    edit/       text edits of a trained scene (Iterative Dataset Update)   training, gaussians, scene, render
     view/       web viewer, camera paths, video                            gaussians, scene, render
-    train/      trainer, densification, appearance / depth losses, eval    gaussians, scene, render
+    training/   trainer, densification, appearance / depth losses, eval    gaussians, scene, render
     gaussians/  parameters, PLY, checkpoints, Model + load_model           scene, render
     scene/      COLMAP, SfM, views and cameras                              (base only)
     render/     rasterize (gsplat or the PyTorch twin), render modes       (base only)
@@ -30,7 +30,7 @@ __all__ = ["PRESETS", "Model", "TrainConfig", "TrainResult", "Trainer", "default
 
 def __getattr__(name):
     if name in ("train", "Trainer", "TrainResult", "default_config"):
-        from splat.train import trainer
+        from splat.training import trainer
 
         return getattr(trainer, name)
     if name in ("Model", "load_model"):

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return command.main(rest)
     except Exception as e:  # what the error means is looked up only when there is one (no torch for --help)
         from splat.commands import input_errors
-        from splat.train.errors import TrainingDiverged
+        from splat.training.errors import TrainingDiverged
 
         if isinstance(e, input_errors()):  # bad configuration, scene, checkpoint, or an unwritable output
             print(f"splat {name}: error: {e}", file=sys.stderr)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_DIVERGED
         raise
     except KeyboardInterrupt as e:
-        from splat.train.errors import TrainingInterrupted
+        from splat.training.errors import TrainingInterrupted
 
         if isinstance(e, TrainingInterrupted):
             print(f"splat {name}: {e}", file=sys.stderr)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> int:
     """The ``splat`` console script: :func:`main`, and under torchrun an immediate exit afterwards (see
-    :func:`splat.train.distributed.end_worker`). Output into a closed pipe (``splat --help | head``) ends
+    :func:`splat.training.distributed.end_worker`). Output into a closed pipe (``splat --help | head``) ends
     quietly."""
     try:
         code = main()
@@ -77,7 +77,7 @@ def entry() -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     if "WORLD_SIZE" in os.environ:  # a torchrun launch (the module imports torch)
-        from splat.train.distributed import end_worker
+        from splat.training.distributed import end_worker
 
         end_worker(code)
     return code

@@ -7,7 +7,7 @@ instead, and only the fields in ``RESUME_SAFE_FIELDS`` may then change.
 
 * :class:`DensifyConfig` holds every densification setting, once. :class:`TrainConfig` extends it (so the
   flags stay flat: ``--refine-every``, and ``splat.json`` keys are unchanged) and the
-  :class:`splat.train.strategy.Densifier` takes it whole (``cfg.densify_config()``).
+  :class:`splat.training.strategy.Densifier` takes it whole (``cfg.densify_config()``).
 * :func:`validate` checks every field (type, range, finite numbers, allowed values) and raises
   :class:`ConfigError` naming the field, the allowed values and the source (preset, ``splat.json``,
   checkpoint, flags). It is the one place where configurations are checked.
@@ -285,7 +285,7 @@ class TrainConfig(DensifyConfig):
         validate(self, source)
 
     def densify_config(self) -> DensifyConfig:
-        """The densification settings alone (what :class:`splat.train.strategy.Densifier` takes)."""
+        """The densification settings alone (what :class:`splat.training.strategy.Densifier` takes)."""
         return DensifyConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DensifyConfig)})
 
 

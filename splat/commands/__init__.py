@@ -39,7 +39,7 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from splat.outputs import OutputError
     from splat.scene.colmap import SceneError
     from splat.scene.sfm import SfmError
-    from splat.train.distributed import LaunchError
+    from splat.training.distributed import LaunchError
 
     return (ConfigError, SceneError, SfmError, CheckpointError, FormatError, OutputError, WriteError,
             OwnershipError, LaunchError)  # fmt: skip

@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
     cmd = tyro.cli(EditCommand, args=argv, prog="splat edit")
     from editkit.models import ModelNotFoundError
     from splat.edit.dataset_update import edit_scene
-    from splat.train.errors import TrainingInterrupted
+    from splat.training.errors import TrainingInterrupted
 
     run = cmd.run
     out = cmd.out

@@ -30,8 +30,8 @@ def main(argv: list[str]) -> int:
     cmd = tyro.cli(EvalCommand, args=argv, prog="splat eval")
     from splat.commands.render import load_for_scene
     from splat.outputs import check_output_dir
-    from splat.train.evaluation import evaluate_views, write_metrics
-    from splat.train.metrics import load_lpips
+    from splat.training.evaluation import evaluate_views, write_metrics
+    from splat.training.metrics import load_lpips
 
     model, split = load_for_scene(cmd.checkpoint, cmd.scene, cmd.device, cmd.images, cmd.out)
     if cmd.out is not None:

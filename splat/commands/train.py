@@ -113,7 +113,7 @@ def train_with_viewer(
     ``on_ready(viewer)``, when given, is called once the viewer serves and before the first step."""
     from splat.config import config_to_dict
     from splat.scene.cameras import scene_cameras
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
     from splat.view.viewer import Viewer
 
     check_port(port)
@@ -150,8 +150,8 @@ def main(argv: list[str]) -> int:
     # by distributed.from_env below) sets the batch size a resumed run infers from its checkpoint
     world = os.environ.get("WORLD_SIZE", "1")
     cmd = parse_train_command(argv, int(world) if world.isdigit() and int(world) > 0 else 1)
-    from splat.train import distributed
-    from splat.train.trainer import train
+    from splat.training import distributed
+    from splat.training.trainer import train
 
     ctx = distributed.from_env()  # several processes when launched by torchrun
     cfg = cmd.config

@@ -6,7 +6,7 @@ Instruct-NeRF2NeRF's Iterative Dataset Update.
 (:func:`edit_scene`: the loop that trains on from the model while replacing one training image at a time).
 See :mod:`splat.edit.dataset_update` for the method and its deliberate choices.
 
-May import: the base, ``splat.render``, ``splat.scene``, ``splat.gaussians``, ``splat.train`` and ``editkit``;
+May import: the base, ``splat.render``, ``splat.scene``, ``splat.gaussians``, ``splat.training`` and ``editkit``;
 never ``view`` or ``commands``.
 """
 

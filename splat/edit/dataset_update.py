@@ -189,7 +189,7 @@ def edit_scene(
     from splat.edit.lpips_term import load_lpips_term
     from splat.gaussians.model import load_model
     from splat.outputs import atomic_save_image, check_output_dir, image_stem, save_comparisons
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     t_start = time.perf_counter()
     run, scene, out = Path(run), Path(scene), Path(out)

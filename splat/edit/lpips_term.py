@@ -8,7 +8,7 @@ its loss override is commented out, so it trains with splatfacto's L1 + SSIM onl
 the term is the mean over every ``patch`` x ``patch`` tile of the view (the centred grid of whole tiles): the
 expectation of the reference's randomly placed patches, over our grid.
 
-The network is the one ``splat train`` reports LPIPS with (:func:`splat.train.metrics.load_lpips`: the
+The network is the one ``splat train`` reports LPIPS with (:func:`splat.training.metrics.load_lpips`: the
 ``lpips`` package and its AlexNet weights already on disk; nothing is downloaded). Without them the term is
 off and :func:`load_lpips_term` says so once.
 """
@@ -61,7 +61,7 @@ def load_lpips_term(weight: float, patch: int, image_size: tuple[int, int], devi
         reason = f"the training images ({width}x{height}) are smaller than one --lpips-patch ({patch} px)"
         print(f"splat edit: note: the LPIPS term of the edit loss is off: {reason}", file=sys.stderr, flush=True)
         return None, reason
-    from splat.train import metrics
+    from splat.training import metrics
 
     net = metrics.load_lpips(torch.device(device))
     if net is None:

@@ -6,7 +6,7 @@ at the SfM points), ``ply`` (the original 3DGS PLY layout), ``checkpoint`` (our 
 reader of a run folder, checkpoint or PLY (another format plugs in as a reader in ``model.READERS``).
 
 May import: the base (``splat.config``, ``splat.outputs``, ``splat.device``, ``safeio``), ``splat.render``
-and ``splat.scene``; never ``train``, ``view``, ``edit`` or ``commands``.
+and ``splat.scene``; never ``training``, ``view``, ``edit`` or ``commands``.
 """
 
 PARAM_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")

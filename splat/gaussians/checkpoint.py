@@ -8,7 +8,7 @@
   and poses); resuming, rendering or evaluating it on another scene is refused.
 * Cost: the parameters (59 floats per Gaussian at SH degree 3), their two Adam moments and the densifier's
   running statistics: 720 bytes per Gaussian measured (200k Gaussians), 0.72 GB per million
-  (``tests/splat/train/test_config.py`` checks the figure).
+  (``tests/splat/training/test_config.py`` checks the figure).
 * :func:`prune_checkpoints` keeps the newest few ``ckpt_NNNNNN.pt`` files and the ones at ``save_steps``.
 """
 

@@ -10,7 +10,7 @@
 A :class:`Model` is the Gaussians (pre-activation, keyed as :data:`splat.gaussians.params.PARAM_KEYS`), the
 background the run rendered with and the run's settings (a validated ``TrainConfig``, its paths ignored). It
 renders on its own: ``splat render`` / ``eval`` / ``export`` / ``view`` / ``edit`` hold one, never a trainer;
-:class:`splat.train.Trainer` holds one and optimises its parameters.
+:class:`splat.training.Trainer` holds one and optimises its parameters.
 
 Another file format plugs in as a reader in :data:`READERS`: ``READERS[".xyz"] = read_xyz``, where
 ``read_xyz(file) -> dict`` returns at least ``{"params": {key: Tensor}}`` (pre-activation, as above) and may

@@ -3,7 +3,7 @@
 * ``apps`` may import ``editkit`` / ``splat``, never the other way.
 * Inside ``splat``, each folder may import only the folders its ``__init__`` names (see ``splat/__init__.py``):
   ``render`` and ``scene`` only the base (``splat.config``, ``splat.outputs``, ``splat.device``, ``safeio``),
-  ``gaussians`` those two, ``train`` and ``view`` the three, ``edit`` also ``train`` (and ``editkit``), and
+  ``gaussians`` those two, ``training`` and ``view`` the three, ``edit`` also ``training`` (and ``editkit``), and
   ``commands`` everything. The base imports no folder. Every folder opens with a docstring saying what lives
   there and what it may import.
 """
@@ -21,7 +21,7 @@ APPS = "apps"
 
 BASE = ("splat.config", "splat.outputs", "splat.device")
 RENDER, SCENE, GAUSSIANS = "splat.render", "splat.scene", "splat.gaussians"
-TRAIN, VIEW, EDIT, COMMANDS = "splat.train", "splat.view", "splat.edit", "splat.commands"
+TRAIN, VIEW, EDIT, COMMANDS = "splat.training", "splat.view", "splat.edit", "splat.commands"
 # folder -> the splat folders (and other packages of this repository) it may import, besides itself and the base
 MAY_IMPORT: dict[str, tuple[str, ...]] = {
     RENDER: (),
@@ -145,7 +145,7 @@ def test_the_checker_sees_every_form_of_import(tmp_path, monkeypatch):
     (render / "x.py").write_text(
         "from splat.config import ConfigError\n"  # the base: allowed
         "from splat.render import rasterization\n"  # its own folder: allowed
-        "def f():\n    from splat.train.trainer import Trainer\n"  # up: refused, even lazily
+        "def f():\n    from splat.training.trainer import Trainer\n"  # up: refused, even lazily
         "from ..gaussians import model\n"  # up, relative: refused
     )
     scene = tmp_path / "splat" / "scene"
@@ -159,8 +159,8 @@ def test_the_checker_sees_every_form_of_import(tmp_path, monkeypatch):
     found = sorted(layering_violations())
     assert found == [
         "splat/newfolder/z.py: the folder splat.newfolder has no rule in MAY_IMPORT",
-        "splat/render/x.py:4 imports splat.train.trainer",
-        "splat/render/x.py:4 imports splat.train.trainer.Trainer",
+        "splat/render/x.py:4 imports splat.training.trainer",
+        "splat/render/x.py:4 imports splat.training.trainer.Trainer",
         "splat/render/x.py:5 imports splat.gaussians",
         "splat/render/x.py:5 imports splat.gaussians.model",
         "splat/scene/y.py:2 imports splat.gaussians",

@@ -144,7 +144,7 @@ def make_demo_run(out: Path, max_width: int = 32) -> Path:
     anisotropic scales, higher SH) matters, saved as a run folder at step 7 (checkpoint + PLY)."""
     from splat.config import TrainConfig, config_to_dict
     from splat.gaussians.ply import write_ply
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     cfg = TrainConfig(
         out=out, device="cpu", progress=False, max_width=max_width, lpips=False, sh_degree=2, steps=7,

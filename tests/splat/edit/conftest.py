@@ -23,7 +23,7 @@ def one_thread():
 def no_lpips_weights():
     """The edits here run as where no LPIPS weights are on disk (the term off), whatever this machine has:
     the figures the tests measure do not depend on it. Tests of the term put a stand-in network in place."""
-    from splat.train import metrics
+    from splat.training import metrics
 
     with pytest.MonkeyPatch.context() as m:
         m.setattr(metrics, "load_lpips", lambda device: None)
@@ -34,7 +34,7 @@ def no_lpips_weights():
 def run(tmp_path_factory) -> Path:
     """A trained demo run at 64 px (held-out PSNR ~25 dB): renders close to the photos, as a real run's."""
     from splat.config import TrainConfig
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     out = tmp_path_factory.mktemp("edit") / "run"
     cfg = TrainConfig(

@@ -87,7 +87,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def photos(run, tmp_path_factory) -> dict[str, np.ndarray]:
     """The training images as the trainer holds them (uint8, training size), by file stem (read once)."""
     from splat.gaussians import load_model
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     model = load_model(run)
     cfg = dataclasses.replace(model.config, out=tmp_path_factory.mktemp("probe"), device="cpu")
@@ -290,7 +290,7 @@ def test_interrupted_edit_resumes_to_the_uninterrupted_result(run, smooth, tmp_p
     """Also: a resume with other settings, or where the LPIPS term would be on although the edit had it off,
     is refused (mutation caught: the LPIPS state not compared on resume)."""
     from splat.gaussians.checkpoint import read_checkpoint
-    from splat.train.trainer import TrainingInterrupted
+    from splat.training.trainer import TrainingInterrupted
 
     cfg = settings(tmp_path / "cache", iterations=12, edit_every=3)
     whole = edit_scene(run, DEMO, cfg, tmp_path / "whole", pipe=smooth)
@@ -310,7 +310,7 @@ def test_interrupted_edit_resumes_to_the_uninterrupted_result(run, smooth, tmp_p
     assert info.value.step == start_step(whole) + 7
     with pytest.raises(SceneEditError, match="strength"):  # other settings: refused
         edit_scene(run, DEMO, dataclasses.replace(cfg, strength=0.6), out, pipe=smooth, resume=info.value.checkpoint)
-    from splat.train import metrics
+    from splat.training import metrics
 
     with monkeypatch.context() as m:  # LPIPS weights here, not where the edit was made: refused
         m.setattr(metrics, "load_lpips", lambda device: lambda x, y: (x - y).abs().mean((1, 2, 3)))

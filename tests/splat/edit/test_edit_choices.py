@@ -30,7 +30,7 @@ def settings(cache, **kw) -> EditConfig:
 @pytest.fixture(scope="module")
 def trainer(run, tmp_path_factory):
     from splat.gaussians import load_model
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     model = load_model(run)
     return Trainer.from_model(DEMO, model, dataclasses.replace(model.config, out=tmp_path_factory.mktemp("probe"),

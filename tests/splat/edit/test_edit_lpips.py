@@ -54,7 +54,7 @@ def test_patch_tiles_are_the_centred_grid_of_whole_patches():
 
 def test_weight_zero_is_off_silently(monkeypatch, capsys):
     """Mutation caught: the weights looked up (and the note printed) although the term is turned off."""
-    from splat.train import metrics
+    from splat.training import metrics
 
     monkeypatch.setattr(metrics, "load_lpips", lambda device: pytest.fail("looked up with weight 0"))
     assert load_lpips_term(0.0, 32, (64, 48), "cpu") == (None, "--lpips-weight 0")
@@ -74,7 +74,7 @@ def test_lpips_term_changes_the_update_by_its_weight_and_is_noted_when_off(run, 
     the Gaussians of no term); the weight ignored (weights 1 and 4 end alike); the note missing or printed
     at every step; whole images given instead of 32 px patches, or in [0, 1] instead of [-1, 1]."""
     from splat.gaussians.checkpoint import read_checkpoint
-    from splat.train import metrics
+    from splat.training import metrics
 
     net = StandInLPIPS()
     found = {"net": net}

@@ -134,13 +134,13 @@ def test_render_eval_export_use_the_model_without_a_trainer(run, tmp_path, monke
     """render / eval / export hold a loaded Model: no Trainer, no SfM initialisation, no SfM run."""
     import splat.gaussians.init
     import splat.scene.ensure
-    import splat.train.trainer
+    import splat.training.trainer
 
     def forbidden(*a, **k):
         raise AssertionError("render / eval / export must neither build a Trainer nor initialise Gaussians")
 
-    monkeypatch.setattr(splat.train.trainer.Trainer, "__init__", forbidden)
-    monkeypatch.setattr(splat.train.trainer, "init_gaussians", forbidden)
+    monkeypatch.setattr(splat.training.trainer.Trainer, "__init__", forbidden)
+    monkeypatch.setattr(splat.training.trainer, "init_gaussians", forbidden)
     monkeypatch.setattr(splat.gaussians.init, "knn_sq_dist", forbidden)
     monkeypatch.setattr(splat.scene.ensure, "ensure_model", forbidden)
     root, scene, out = run

@@ -132,7 +132,7 @@ def test_fused_ssim_matches_pytorch_msssim_on_cuda():
     pytest.importorskip("fused_ssim", reason="fused-ssim is not installed (scripts/gpu_check.sh install)")
     from pytorch_msssim import ssim as msssim
 
-    from splat.train.metrics import ssim
+    from splat.training.metrics import ssim
 
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(64, 80, 3, generator=g).cuda()

@@ -29,7 +29,7 @@ from PIL import Image
 from splat.cli import main
 from splat.outputs import OutputError
 from splat.scene.colmap import SceneError, load_scene, read_reconstruction
-from splat.train.trainer import train
+from splat.training.trainer import train
 from tests.splat.helpers import make_synthetic_scene, small_config
 
 REPO = Path(__file__).resolve().parents[3]
@@ -512,7 +512,7 @@ def test_output_folder_cannot_be_written(scene, tmp_path):
 
 
 def test_bad_scene_config(scene, tmp_path):
-    from splat.train.trainer import default_config
+    from splat.training.trainer import default_config
 
     (scene / "splat.json").write_text('{"stepz": 3}')
     with pytest.raises(ValueError, match="unknown option.*stepz"):

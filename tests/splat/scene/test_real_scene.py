@@ -61,7 +61,7 @@ def test_projected_sfm_points_match_pycolmap_at_training_resolution(cup, view_in
 @needs_cup
 def test_initial_point_cloud_looks_like_the_photo(cup, tmp_path):
     """The SfM points rendered as the trainer initialises them correlate clearly with the ground truth."""
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     cfg = small_config(tmp_path / "o", max_width=TRAIN_WIDTH, cache_dir=tmp_path / "cache", sh_degree=0)
     trainer = Trainer(CUP, cfg)

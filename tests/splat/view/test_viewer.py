@@ -154,7 +154,7 @@ def test_browser_gets_reference_frames_that_follow_the_camera(demo_viewer, brows
 
 def test_viewer_during_training_serves_frames_and_changes_nothing(synthetic_scene, tmp_path, browser):
     from splat.commands.train import train_with_viewer
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     kw = dict(
         steps=16, refine_start=4, refine_every=4, refine_stop=12, reset_every=0, eval_steps=(), save_steps=()

@@ -138,7 +138,7 @@ def test_non_finite_json_numbers_are_refused(tmp_path):
 
 def test_densifier_takes_the_config_whole():
     """Every DensifyConfig field reaches gsplat's strategy or our reset unchanged (one source of truth)."""
-    from splat.train.strategy import Densifier
+    from splat.training.strategy import Densifier
 
     cfg = TrainConfig(refine_start=7, refine_stop=70, refine_every=9, reset_every=21, reset_value=0.03,
                       grow_grad2d=3e-4, grow_scale3d=0.02, prune_opa=0.004, prune_scale3d=0.2)  # fmt: skip

@@ -4,7 +4,7 @@ it with the optimizers, ``strategy`` (densification, behind the gsplat fence ``_
 PSNR / SSIM / LPIPS), ``distributed`` (several processes under torchrun), ``errors`` (how a run stops early),
 and the optional training losses: ``appearance`` (a bilateral grid per training image, for photos whose
 exposure or white balance varies) and ``depth`` (depth targets from the SfM points). Both only shape
-training: nothing below ``train`` renders or exports through them.
+training: nothing below ``training`` renders or exports through them.
 
 May import: the base, ``splat.render``, ``splat.scene`` and ``splat.gaussians``; never ``view``, ``edit`` or
 ``commands``.
@@ -13,11 +13,11 @@ May import: the base, ``splat.render``, ``splat.scene`` and ``splat.gaussians``;
 
 def __getattr__(name):  # lazy: importing the package does not import torch
     if name in ("Trainer", "TrainResult", "train", "default_config"):
-        from splat.train import trainer
+        from splat.training import trainer
 
         return getattr(trainer, name)
     if name in ("TrainingDiverged", "TrainingInterrupted"):
-        from splat.train import errors
+        from splat.training import errors
 
         return getattr(errors, name)
-    raise AttributeError(f"module 'splat.train' has no attribute {name!r}")
+    raise AttributeError(f"module 'splat.training' has no attribute {name!r}")

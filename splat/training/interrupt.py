@@ -1,6 +1,6 @@
 """Ctrl-C (SIGINT) or SIGTERM (what schedulers and torchrun send) at the end of a step: the first one only
 asks the loop to stop; the trainer then writes a checkpoint of the last finished step and raises
-:class:`splat.train.errors.TrainingInterrupted` (the command line exits 128 + the signal's number)."""
+:class:`splat.training.errors.TrainingInterrupted` (the command line exits 128 + the signal's number)."""
 
 from __future__ import annotations
 

@@ -51,11 +51,11 @@ def _config(out: Path, **kw):
 def _worker(rank: int, world: int, store: str, scene: str, cfg, results: str, interrupt: bool) -> None:
     """One rank: train, and save what the test checks to ``results/rank{rank}.pt``."""
     torch.set_num_threads(1)
-    from splat.train.distributed import DistContext
-    from splat.train.trainer import Trainer, TrainingInterrupted
+    from splat.training.distributed import DistContext
+    from splat.training.trainer import Trainer, TrainingInterrupted
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    import splat.train.trainer as trainer_module
+    import splat.training.trainer as trainer_module
 
     # LPIPS weights on rank 0's node only: the ranks must still report the same metric keys
     fake_lpips = lambda a, b: torch.tensor(0.25)  # noqa: E731
@@ -98,7 +98,7 @@ def _worker(rank: int, world: int, store: str, scene: str, cfg, results: str, in
         )
     finally:
         dist.destroy_process_group()
-    # as splat.train.distributed.end_worker: interpreter finalisation can abort while gloo's thread still
+    # as splat.training.distributed.end_worker: interpreter finalisation can abort while gloo's thread still
     # releases tensors (SIGABRT seen once in a full-suite run)
     os._exit(0)
 
@@ -126,7 +126,7 @@ def _spawn(tmp: Path, name: str, scene: Path, cfg, interrupt: bool = False) -> l
 
 @pytest.fixture(scope="module")
 def runs(synthetic_scene, tmp_path_factory):
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("dist")
     ref_trainer = Trainer(synthetic_scene, _config(tmp / "ref", batch_size=2, lpips=False))
@@ -255,7 +255,7 @@ def test_only_rank_zero_writes(runs):
 def test_mcmc_relocation_draws_the_same_numbers_on_every_rank(synthetic_scene, tmp_path):
     """MCMC relocates, adds and perturbs Gaussians with random numbers from the run's generator: every
     rank must draw the same ones (and match one process with the whole batch)."""
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     kw = dict(strategy="mcmc", cap_max=400, steps=24, means_lr_steps=24, eval_steps=(), save_steps=(24,),
               learn_background=False)  # fmt: skip
@@ -269,7 +269,7 @@ def test_mcmc_relocation_draws_the_same_numbers_on_every_rank(synthetic_scene, t
 
 
 def test_batch_views_slices_the_global_batch():
-    from splat.train.trainer import batch_views
+    from splat.training.trainer import batch_views
 
     n = 7
     for step in (1, 4, 9):
@@ -290,7 +290,7 @@ def test_batch_config_is_validated():
 
 
 def test_launch_environment_and_devices(monkeypatch):
-    from splat.train.distributed import SINGLE, LaunchError, from_env, rank_device
+    from splat.training.distributed import SINGLE, LaunchError, from_env, rank_device
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert from_env() is SINGLE
@@ -346,7 +346,7 @@ def test_torchrun_cli_trains_on_two_processes(synthetic_scene, tmp_path):
 def test_a_batch_needs_training_images_of_one_size(synthetic_scene, tmp_path, monkeypatch):
     from splat.scene.colmap import SceneError
     from splat.scene.views import ViewDataset
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     real_size = ViewDataset.size
     monkeypatch.setattr(ViewDataset, "size", lambda self, i: (32, 24) if i == 3 else real_size(self, i))
@@ -358,7 +358,7 @@ def test_a_batch_needs_training_images_of_one_size(synthetic_scene, tmp_path, mo
 def test_batch_scaling_is_opt_in(synthetic_scene, tmp_path):
     """Off (the default) a batch changes no optimiser setting; on, Adam is scaled for the global batch B:
     lr x sqrt(B), eps / sqrt(B), betas b^B."""
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
     plain = Trainer(synthetic_scene, _config(tmp_path / "a", batch_size=4))
     scaled = Trainer(synthetic_scene, _config(tmp_path / "b", batch_size=4, batch_scaling=True))
@@ -376,7 +376,7 @@ def test_batch_scaling_is_opt_in(synthetic_scene, tmp_path):
 
 
 def test_param_checksum_sees_one_ulp_and_a_swap():
-    from splat.train.distributed import param_checksum
+    from splat.training.distributed import param_checksum
 
     t = torch.randn(1000)
     same = t.clone()
@@ -390,7 +390,7 @@ def test_param_checksum_sees_one_ulp_and_a_swap():
 
 
 def _disagree_worker(rank: int, store: str, results: str) -> None:
-    from splat.train.distributed import DistContext, RanksDisagree
+    from splat.training.distributed import DistContext, RanksDisagree
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     ctx = DistContext(rank=rank, world_size=2, local_rank=rank)
@@ -418,7 +418,7 @@ def test_ranks_that_drift_apart_stop_naming_the_first_tensor(tmp_path):
 
 
 def test_resume_command_names_processes_per_node():
-    from splat.train.distributed import DistContext, resume_command
+    from splat.training.distributed import DistContext, resume_command
 
     one_node = resume_command(DistContext(0, 4, 0, 4), "scene", "out", "c.pt")
     assert one_node[:3] == ["torchrun", "--nproc_per_node", "4"] and "--nnodes" not in one_node
@@ -431,8 +431,8 @@ def test_resume_command_names_processes_per_node():
 def test_evaluation_sends_uint8_renders_to_rank_zero_only(synthetic_scene, tmp_path):
     """Rank 1 of 2: its scores go to every rank, its renders (uint8) to rank 0 only, and it receives none."""
     from splat.scene.views import load_split
-    from splat.train.distributed import DistContext
-    from splat.train.evaluation import evaluate_views
+    from splat.training.distributed import DistContext
+    from splat.training.evaluation import evaluate_views
 
     test_set = load_split(synthetic_scene, cache_dir=tmp_path / "cache", test_every=2).test_set
     assert len(test_set) >= 2
@@ -463,7 +463,7 @@ def test_process_group_timeout_is_an_option(monkeypatch):
     import datetime
 
     from splat.commands.train import parse_train_command
-    from splat.train import distributed
+    from splat.training import distributed
 
     seen = []
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: seen.append(k["timeout"]))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from splat.train.trainer import Trainer
+from splat.training.trainer import Trainer
 from tests.splat.helpers import make_synthetic_scene, small_config
 
 SKY = (0.62, 0.74, 0.9)

@@ -4,7 +4,7 @@
   original's opacity reset: every ``reset_every`` steps while densifying, opacities become
   ``min(opacity, reset_value)`` (through the inverse sigmoid) and their Adam moments are zeroed, once
   per period. gsplat itself resets to ``2 * prune_opa`` in every version but 1.5.3, where a precedence bug
-  disables it (``splat.train._gsplat``). So: under 1.5.3 :class:`Densifier` does the reset; elsewhere gsplat
+  disables it (``splat.training._gsplat``). So: under 1.5.3 :class:`Densifier` does the reset; elsewhere gsplat
   does it, and :class:`Densifier` adds a second clamp only when ``reset_value < 2 * prune_opa``
   (``min(min(o, a), b) = min(o, b)`` for ``b <= a``: the same as one reset to ``reset_value``). A
   ``reset_value`` above ``2 * prune_opa`` cannot be honoured there and is refused.
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from splat.config import DensifyConfig
 from splat.render._torch_impl import covariance_3d
-from splat.train import _gsplat
+from splat.training import _gsplat
 
 
 class Densifier:
@@ -50,7 +50,7 @@ class Densifier:
         self.gsplat_version = _gsplat.installed_version()
         # distributed runs: called as sync(state) right before a refine step of the default strategy, once
         # this rank's views of the step are in the statistics; it sums them over the ranks in place
-        # (splat.train.distributed.DistContext.reduce_densify); None on one process
+        # (splat.training.distributed.DistContext.reduce_densify); None on one process
         self.sync = None
         self.gsplat_resets = kind == "default" and _gsplat.gsplat_resets_opacity(self.gsplat_version)
         if self.gsplat_resets and reset_every > 0 and cfg.reset_value > 2 * cfg.prune_opa:

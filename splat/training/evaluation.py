@@ -14,8 +14,8 @@ from torch import Tensor
 
 from splat.outputs import atomic_save_image, atomic_write_text, image_stem, save_comparisons, to_uint8
 from splat.scene.views import ViewDataset
-from splat.train.distributed import SINGLE, DistContext
-from splat.train.metrics import psnr, ssim
+from splat.training.distributed import SINGLE, DistContext
+from splat.training.metrics import psnr, ssim
 
 
 @torch.no_grad()

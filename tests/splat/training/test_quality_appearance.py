@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from splat.train import appearance
-from splat.train.appearance import BilateralGrids, total_variation
-from splat.train.depth import disparity_l1, sample_depth, sparse_depths
+from splat.training import appearance
+from splat.training.appearance import BilateralGrids, total_variation
+from splat.training.depth import disparity_l1, sample_depth, sparse_depths
 
 
 def _perturbed_grids() -> tuple[BilateralGrids, torch.Tensor]:

@@ -13,8 +13,8 @@ from splat.config import ConfigError, TrainConfig, apply_overrides, preset, scal
 from splat.gaussians.model import load_model
 from splat.gaussians.params import make_optimizers, make_params
 from splat.render.rasterization import rasterize
-from splat.train.strategy import Densifier
-from splat.train.trainer import Trainer
+from splat.training.strategy import Densifier
+from splat.training.trainer import Trainer
 from tests.splat.helpers import small_config
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from splat.gaussians.params import PARAM_KEYS
-from splat.train.errors import TrainingDiverged
+from splat.training.errors import TrainingDiverged
 
 # The setting to lower when a parameter diverges (flags as ``splat train --help`` spells them).
 LR_SETTING = {

@@ -33,7 +33,7 @@ from splat.gaussians.ply import write_ply
 from splat.outputs import OutputError
 
 if TYPE_CHECKING:
-    from splat.train.trainer import Trainer
+    from splat.training.trainer import Trainer
 
 
 def check_resume_config(saved: TrainConfig, cfg: TrainConfig, checkpoint: Path, step: int) -> None:

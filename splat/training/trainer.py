@@ -10,8 +10,8 @@ The run, in order:
 
 The :class:`Trainer` holds a :class:`splat.gaussians.Model` (the Gaussians and the background, which render
 on their own) and composes it with the optimizers, the densification strategy and three named helpers: the
-:class:`~splat.train.guard.DivergenceGuard`, the :class:`~splat.train.interrupt.InterruptHandler` (Ctrl-C)
-and the :class:`~splat.train.checkpointing.Checkpointer`. :meth:`Trainer.continue_training` goes on from the
+:class:`~splat.training.guard.DivergenceGuard`, the :class:`~splat.training.interrupt.InterruptHandler` (Ctrl-C)
+and the :class:`~splat.training.checkpointing.Checkpointer`. :meth:`Trainer.continue_training` goes on from the
 current Gaussians with other settings (``splat edit`` trains on this way).
 
 Randomness: all of it (view order, gsplat's densification sampling) is driven by ``config.seed``
@@ -51,22 +51,22 @@ from splat.outputs import OutputError, atomic_write_text, check_output_dir, woul
 from splat.scene.colmap import SceneError, find_model_dir
 from splat.scene.ensure import ensure_model
 from splat.scene.views import load_split
-from splat.train import appearance
-from splat.train.checkpointing import (
+from splat.training import appearance
+from splat.training.checkpointing import (
     Checkpointer,
     check_fresh_out,
     clear_previous_run,
     new_run_id,
     read_resume,
 )
-from splat.train.depth import disparity_l1, sample_depth, sparse_depths
-from splat.train.distributed import CHECK_EVERY, SINGLE, DistContext, resume_command
-from splat.train.errors import TrainingDiverged, TrainingInterrupted
-from splat.train.evaluation import evaluate_views, write_metrics
-from splat.train.guard import DivergenceGuard
-from splat.train.interrupt import InterruptHandler
-from splat.train.metrics import load_lpips, ssim
-from splat.train.strategy import Densifier
+from splat.training.depth import disparity_l1, sample_depth, sparse_depths
+from splat.training.distributed import CHECK_EVERY, SINGLE, DistContext, resume_command
+from splat.training.errors import TrainingDiverged, TrainingInterrupted
+from splat.training.evaluation import evaluate_views, write_metrics
+from splat.training.guard import DivergenceGuard
+from splat.training.interrupt import InterruptHandler
+from splat.training.metrics import load_lpips, ssim
+from splat.training.strategy import Densifier
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted", "batch_views", "default_config",
            "expon_lr", "train"]  # fmt: skip
@@ -125,13 +125,13 @@ class Trainer:
             scene: scene folder (``images/`` and ``sparse/0``; SfM runs first when the model is missing,
                 with ``sfm``, a :class:`splat.scene.sfm.PrepareConfig`).
             cfg: the run's configuration (validated here). With ``cfg.resume`` the checkpoint is read now
-                (its settings must match, see :func:`splat.train.checkpointing.check_resume_config`) and
+                (its settings must match, see :func:`splat.training.checkpointing.check_resume_config`) and
                 restored by :meth:`train`.
             model: a loaded model (:func:`splat.gaussians.load_model`) to train on from: its Gaussians, step
                 and learned background, and its Adam moments when it is a checkpoint. No SfM, and no
                 initialisation from the SfM points. See also :meth:`continue_training`.
             sfm: how SfM runs when the scene has no model yet (a :class:`splat.scene.sfm.PrepareConfig`).
-            dist: this process's place in a data-parallel run (:mod:`splat.train.distributed`); one process
+            dist: this process's place in a data-parallel run (:mod:`splat.training.distributed`); one process
                 when None.
         """
         # 1. Check inputs (nothing is written before they all pass, except the undistortion cache)
@@ -208,7 +208,7 @@ class Trainer:
             self.background_optimizer = self.make_background_optimizer()
         if model is not None and model.checkpoint is not None:
             self.checkpointer.load_optimizer_moments(model.checkpoint)
-        # cfg.bilateral_grid: one grid per training image (splat.train.appearance), trained with the Gaussians
+        # cfg.bilateral_grid: one grid per training image (splat.training.appearance), trained with the Gaussians
         self.appearance: appearance.BilateralGrids | None = None
         if cfg.bilateral_grid:
             if self.dist.enabled:
@@ -597,7 +597,7 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
-        """PSNR / SSIM (/ LPIPS) over the held-out views (:func:`splat.train.evaluation.evaluate_views`);
+        """PSNR / SSIM (/ LPIPS) over the held-out views (:func:`splat.training.evaluation.evaluate_views`);
         renders saved beside ground truth; ``metrics.json`` rewritten."""
         cfg = self.cfg
         if cfg.lpips and self._lpips is None:
@@ -622,7 +622,7 @@ class Trainer:
             write_metrics(self.out, self.metrics)
         return result
 
-    # -- checkpoints (splat.train.checkpointing) ----------------------------------------------------------
+    # -- checkpoints (splat.training.checkpointing) ----------------------------------------------------------
     def save_step(self, step: int, with_ply: bool) -> None:
         self.checkpointer.save_step(step, with_ply)
 
@@ -666,7 +666,7 @@ def train(
 
     ``sfm`` (a :class:`splat.scene.sfm.PrepareConfig`) sets how SfM runs when the scene has no model yet.
     ``dist`` is this process's place in a data-parallel run (an initialised process group; see
-    :mod:`splat.train.distributed`); one process when None.
+    :mod:`splat.training.distributed`); one process when None.
     """
     scene = Path(scene)
     cfg = config if config is not None else default_config(scene)

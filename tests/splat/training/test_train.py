@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from splat.train.trainer import Trainer, train
+from splat.training.trainer import Trainer, train
 from tests.splat.helpers import small_config
 
 
@@ -115,7 +115,7 @@ def _gsplat_relocation_reference(o: float, s: float, n: int) -> tuple[float, flo
 def test_relocation_matches_gsplat_compute_relocation_formula():
     import math
 
-    from splat.train.strategy import relocation_torch
+    from splat.training.strategy import relocation_torch
 
     n_max = 51
     binoms = torch.tensor(
@@ -148,7 +148,7 @@ def test_relocation_matches_gsplat_cuda_kernel():
 
     from gsplat.relocation import compute_relocation
 
-    from splat.train.strategy import relocation_torch
+    from splat.training.strategy import relocation_torch
 
     n_max = 51
     binoms = torch.tensor(
@@ -221,7 +221,7 @@ def _all_plys_finite(out) -> int:
 def test_nan_injection_stops_with_message_and_keeps_last_good_checkpoint(synthetic_scene, tmp_path):
     from splat.gaussians.checkpoint import read_checkpoint
     from splat.gaussians.params import set_lr
-    from splat.train.trainer import TrainingDiverged
+    from splat.training.trainer import TrainingDiverged
 
     cfg = small_config(tmp_path / "o", steps=4, ckpt_every=2, eval_steps=(), save_steps=(), reset_every=0)
     trainer = Trainer(synthetic_scene, cfg)
@@ -329,7 +329,7 @@ def test_ctrl_c_writes_checkpoint_prints_resume_command_and_exits_130(tmp_path):
 # gsplat version: who resets opacities
 # ------------------------------------------------------------------------------------------------------
 def test_gsplat_reset_decision_per_version():
-    from splat.train._gsplat import gsplat_resets_opacity
+    from splat.training._gsplat import gsplat_resets_opacity
 
     # read from gsplat's strategy/default.py at each tag (see splat/_gsplat.py)
     versions = {"1.4.0": True, "1.5.0": True, "1.5.2": True, "1.5.3": False, "1.5.3+pt24cu124": False,
@@ -344,7 +344,7 @@ def _count_resets(synthetic_scene, tmp_path, monkeypatch, **kw) -> list[int]:
     import gsplat.strategy.default as gs_default
     import gsplat.strategy.ops as gs_ops
 
-    from splat.train.strategy import Densifier
+    from splat.training.strategy import Densifier
 
     calls: list[int] = []
     current = {"step": 0}
@@ -359,7 +359,7 @@ def _count_resets(synthetic_scene, tmp_path, monkeypatch, **kw) -> list[int]:
         return real_post(self, params, optimizers, step, info, lr_means)
 
     monkeypatch.setattr(gs_default, "reset_opa", counting_reset)  # gsplat's DefaultStrategy calls this
-    monkeypatch.setattr(gs_ops, "reset_opa", counting_reset)  # splat.train._gsplat.strategy_ops() hands out this
+    monkeypatch.setattr(gs_ops, "reset_opa", counting_reset)  # splat.training._gsplat.strategy_ops() hands out this
     monkeypatch.setattr(Densifier, "step_post_backward", post)
     cfg = small_config(tmp_path / "o", steps=9, reset_every=3, refine_start=100, refine_stop=8, eval_steps=(),
                        save_steps=(), **kw)  # fmt: skip
@@ -373,7 +373,7 @@ def test_opacity_reset_fires_once_per_period_under_installed_gsplat(synthetic_sc
 
 
 def test_wrong_version_decision_would_reset_twice_or_never(synthetic_scene, tmp_path, monkeypatch):
-    import splat.train._gsplat as compat
+    import splat.training._gsplat as compat
 
     real = compat.gsplat_resets_opacity(compat.installed_version())
     monkeypatch.setattr(compat, "gsplat_resets_opacity", lambda v: not real)
@@ -382,9 +382,9 @@ def test_wrong_version_decision_would_reset_twice_or_never(synthetic_scene, tmp_
 
 
 def test_reset_value_gsplat_cannot_honour_is_refused(monkeypatch):
-    import splat.train._gsplat as compat
+    import splat.training._gsplat as compat
     from splat.config import DensifyConfig
-    from splat.train.strategy import Densifier
+    from splat.training.strategy import Densifier
 
     def make(**kw):
         return Densifier(DensifyConfig(**kw))
@@ -401,7 +401,7 @@ def test_reset_value_gsplat_cannot_honour_is_refused(monkeypatch):
 def test_missing_private_gsplat_helper_is_a_clear_error(monkeypatch):
     import gsplat.strategy.ops as gs_ops
 
-    from splat.train._gsplat import GsplatIncompatible, strategy_ops
+    from splat.training._gsplat import GsplatIncompatible, strategy_ops
 
     monkeypatch.delattr(gs_ops, "_multinomial_sample")
     with pytest.raises(
