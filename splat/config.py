@@ -280,6 +280,13 @@ class TrainConfig(DensifyConfig):
     lpips: bool = True
     """Also report LPIPS when the `lpips` package and its weights are available locally (never downloads)."""
 
+    def __post_init__(self) -> None:
+        # from Python a folder is as often a str as a Path: take either (an empty one stays "", and is refused)
+        for name in ("out", "resume", "cache_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str | os.PathLike) and not isinstance(value, Path) and os.fspath(value) != "":
+                setattr(self, name, Path(value))
+
     def validate(self, source: str = "config") -> None:
         """Check every field; raise :class:`ConfigError` naming the first bad one."""
         validate(self, source)

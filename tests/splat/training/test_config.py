@@ -88,6 +88,15 @@ def test_validate_catches_python_api_values_too():
         validate(TrainConfig(images="/abs/images"))
 
 
+def test_python_api_takes_folders_as_str_or_path():
+    # mutation: without TrainConfig.__post_init__, out="runs/a" is refused as "out must be a path"
+    cfg = dataclasses.replace(TrainConfig(), out="runs/a", resume="runs/a/ckpt.pt", cache_dir=Path("c"))
+    assert (cfg.out, cfg.resume, cfg.cache_dir) == (Path("runs/a"), Path("runs/a/ckpt.pt"), Path("c"))
+    validate(cfg)
+    with pytest.raises(ConfigError, match="out must be a path, got ''"):
+        validate(TrainConfig(out=""))
+
+
 def test_every_field_has_a_rule_and_defaults_and_presets_are_valid():
     for name, cfg in PRESETS.items():
         validate(cfg, name)  # would raise AssertionError for a field without a rule
