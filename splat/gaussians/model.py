@@ -217,9 +217,22 @@ class Model:
 
     # -- rendering -----------------------------------------------------------------------------------
     def render(self, K: Tensor, viewmat: Tensor, width: int, height: int, sh_degree: int | None = None):
-        """Render one view -> (image [H, W, 3], alpha [H, W, 1], meta)."""
+        """Render one view -> (image [H, W, 3], alpha [H, W, 1], meta). ``K`` (3x3 intrinsics, pixels) and
+        ``viewmat`` (4x4 world-to-camera, OpenCV axes) may also be numpy arrays or nested lists."""
+        K, viewmat = self._as_camera(K, (3, 3), "K"), self._as_camera(viewmat, (4, 4), "viewmat")
         img, alpha, meta = self.render_views(K[None], viewmat[None], width, height, sh_degree)
         return img[0], alpha[0], meta
+
+    def _as_camera(self, value, shape: tuple[int, int], name: str) -> Tensor:
+        """A camera matrix from Python as a float32 tensor on the model's device (tensors pass unchanged)."""
+        if not isinstance(value, Tensor):
+            try:
+                value = torch.as_tensor(value, dtype=torch.float32, device=self.device)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"{name} must be a {shape[0]}x{shape[1]} matrix of numbers: {e}") from None
+        if tuple(value.shape[-2:]) != shape:
+            raise ValueError(f"{name} must be {shape[0]}x{shape[1]}, got shape {tuple(value.shape)}")
+        return value
 
     def render_views(
         self, Ks: Tensor, viewmats: Tensor, width: int, height: int, sh_degree: int | None = None,
