@@ -49,6 +49,7 @@ import re
 import secrets
 import struct
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -457,18 +458,35 @@ def header_size(path: Path, check: bool = True) -> tuple[int, int]:
     return width, height
 
 
+@contextlib.contextmanager
+def photo_pixel_limit() -> Iterator[None]:
+    """Inside, PIL's decompression-bomb check is ``SPLAT_MAX_IMAGE_PIXELS`` instead of PIL's own 89.5 Mpx, and
+    a photo over it is an error (PIL alone only warns up to twice its limit). A photo our limit allows (raised,
+    say, for a 200 MP phone's photos) then decodes without a warning, and one over it (a file swapped after
+    :func:`header_size` read it) never decodes. Enter it in one thread around all decoding, worker threads
+    included: PIL's limit and the warning filters are process-wide."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit("image_pixels")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def check_image_size(path: Path, width: int, height: int) -> bool:
     """Check ``path`` is an image of the camera's size. Returns True if it needs its EXIF rotation."""
     header_size(path)  # nothing decoded beyond the limit
     try:
-        with Image.open(path) as im:
+        with photo_pixel_limit(), Image.open(path) as im:
             raw = im.size
             if raw == (width, height):
                 return False
             oriented = ImageOps.exif_transpose(im).size
     except FileNotFoundError:
         raise SceneError(f"image {path} is listed in the COLMAP model but missing") from None
-    except (OSError, Image.DecompressionBombError) as e:
+    except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise SceneError(f"cannot read image {path}: {e}") from e
     if oriented == (width, height):
         return True

@@ -48,7 +48,14 @@ from tqdm.auto import tqdm
 
 from safeio import OwnershipError, atomic_path, atomic_write_text, make_owned_dir, remove_owned_dir
 from splat.config import how_to_raise, limit
-from splat.scene.colmap import CACHE_OWNER, SceneError, default_cache_dir, header_size, stderr_to
+from splat.scene.colmap import (
+    CACHE_OWNER,
+    SceneError,
+    default_cache_dir,
+    header_size,
+    photo_pixel_limit,
+    stderr_to,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 # EXIF tag numbers (PIL.ExifTags.Base): orientation, and what tells two cameras apart.
@@ -328,7 +335,7 @@ def _read_image_infos(image_dir: Path, names: list[str], progress: bool) -> dict
             too_large.append(f"{name} ({width}x{height})")
             continue
         try:
-            with Image.open(path) as im:
+            with photo_pixel_limit(), Image.open(path) as im:
                 size = im.size
                 exif = im.getexif()
                 im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
@@ -364,7 +371,7 @@ def _upright_copies(image_dir: Path, out_dir: Path, infos: dict[str, dict], prog
         src, dst = image_dir / name, out_dir / name
         if dst.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
             continue
-        with Image.open(src) as im:
+        with photo_pixel_limit(), Image.open(src) as im:
             upright = ImageOps.exif_transpose(im)
             kwargs = {"quality": 95} if dst.suffix.lower() in (".jpg", ".jpeg") else {}
             with atomic_path(dst) as tmp:

@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from splat.scene.colmap import SceneError, SceneModel, View, load_scene
+from splat.scene.colmap import SceneError, SceneModel, View, load_scene, photo_pixel_limit
 
 
 @dataclass
@@ -89,12 +89,13 @@ class ViewDataset:
                 return torch.from_numpy(np.asarray(im).copy())  # [H, W, 3] uint8
         except FileNotFoundError:
             raise SceneError(f"image {v.image_path} disappeared after the scene was loaded") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # what PIL raises
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise SceneError(f"cannot decode image {v.image_path} (truncated or corrupt?): {e}") from e
 
     def _image(self, i: int) -> Tensor:
         if i not in self._cache:
-            self._cache[i] = self._decode(i)
+            with photo_pixel_limit():
+                self._cache[i] = self._decode(i)
         return self._cache[i]
 
     def image_u8(self, i: int) -> Tensor:
@@ -115,7 +116,7 @@ class ViewDataset:
         if not todo:
             return
         workers = num_threads or min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL releases the GIL while decoding
+        with photo_pixel_limit(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL releases the GIL
             for i, image in zip(todo, pool.map(self._decode, todo), strict=True):
                 self._cache[i] = image
 
