@@ -57,7 +57,9 @@ def _check_pixels(image: Image.Image, name: str, max_pixels: int) -> None:
         )
 
 
-def _open(source, max_pixels: int) -> tuple[Image.Image, str]:
+def open_header(source, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, str]:
+    """``(image, name)`` for a path (only its header read, nothing decoded) or a PIL image, refused with a
+    ValueError naming the file when it is not a readable image or has more than ``max_pixels`` pixels."""
     if isinstance(source, Image.Image):
         _check_pixels(source, "the image", max_pixels)
         return source, "<PIL image>"
@@ -79,7 +81,18 @@ def _open(source, max_pixels: int) -> tuple[Image.Image, str]:
         raise ValueError(f"{name} is not an image file PIL can read") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"could not read the image {name}: {e}") from e
-    _check_pixels(image, name, max_pixels)  # before decoding a single pixel
+    try:
+        _check_pixels(image, name, max_pixels)  # before decoding a single pixel
+    except ValueError:
+        image.close()
+        raise
+    return image, name
+
+
+def _open(source, max_pixels: int) -> tuple[Image.Image, str]:
+    image, name = open_header(source, max_pixels)
+    if name == "<PIL image>":
+        return image, name
     try:
         image.load()  # decode now: truncated or corrupt files fail here, not later
     except Image.DecompressionBombError as e:

@@ -8,7 +8,6 @@ loaded, and :func:`edit_photo` applies one source prompt and its target prompts 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -57,24 +56,16 @@ def photo_size(pipe, image):
     """The ``size`` a photo is edited at: its own (cropped to the model's multiple), or, when its longer side
     is above the model's native resolution (``default_sample_size * vae_scale_factor``: 1024 px on SD3.5 and
     FLUX.1), that resolution for the longer side, aspect kept."""
-    from PIL import Image
 
     native = int(pipe.default_sample_size * pipe.vae_scale_factor)
     if isinstance(image, torch.Tensor):
         return None
-    if not isinstance(image, Image.Image):
-        from ..image import load_image
+    from ..image import open_header
 
-        try:
-            with warnings.catch_warnings():  # load_image refuses a photo over the limit in its own words
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(image) as im:
-                    longer = max(im.size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            load_image(image)  # raises the ValueError that names the problem
-            raise
-    else:
-        longer = max(image.size)
+    im, _ = open_header(image)  # a photo over the limit or unreadable: the ValueError that names it
+    longer = max(im.size)
+    if im is not image:
+        im.close()
     return None if longer <= native else native
 
 
@@ -84,10 +75,11 @@ def edit_photo(pipe, image, source: str, targets: list[str], settings: FlowSetti
     image is the photo as the model sees it (its latent decoded). The generator is seeded with ``seed`` for
     every target, so each edit is reproducible on its own. ``size=None``: :func:`photo_size`."""
     check_settings(settings)
-    if size is None and photo_size(pipe, image) is not None:
+    native = photo_size(pipe, image) if size is None else None
+    if native is not None:
         from ..image import load_image
 
-        image = load_image(image, size=photo_size(pipe, image), keep_aspect=True, multiple=2 * pipe.vae_scale_factor)
+        image = load_image(image, size=native, keep_aspect=True, multiple=2 * pipe.vae_scale_factor)
     images = []
     x_src = None
     for target in targets:
