@@ -163,6 +163,21 @@ fi
 # -- refuse without a GPU (nothing installed or written yet) ------------------------------------------------
 if ! "$PY" - <<'EOF' 2>/dev/null
 import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+# A torch built without CUDA or ROCm (torch/version.py, written when torch was built, says so) never has a CUDA
+# device: answer without importing torch (seconds on a CPU machine). Any other build is asked.
+spec = find_spec("torch")
+if spec is None:
+    sys.exit(1)
+build = {}
+try:
+    exec(Path(spec.submodule_search_locations[0], "version.py").read_text(), build)
+except Exception:
+    build = {}
+if "cuda" in build and build.get("cuda") is None and build.get("hip") is None:
+    sys.exit(1)
 try:
     import torch
 except ImportError:

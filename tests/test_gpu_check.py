@@ -47,6 +47,29 @@ def test_refuses_without_cuda_before_doing_anything(stage, tmp_path):
     assert not (tmp_path / "results").exists() and not (tmp_path / "site").exists()  # nothing installed or written
 
 
+@pytest.mark.parametrize("build_cuda", [None, "'12.8'"])
+def test_refusal_imports_torch_only_for_a_cuda_build(build_cuda, tmp_path):
+    # a stand-in torch whose device is always there: a CPU build (version.py: cuda = None) is refused without
+    # importing it; a CUDA build is imported and asked, and the script goes on (to the missing bundle)
+    torch_dir = tmp_path / "fake" / "torch"
+    torch_dir.mkdir(parents=True)
+    (torch_dir / "version.py").write_text(f"__version__ = '2.13.0'\ncuda = {build_cuda}\nhip = None\n")
+    (torch_dir / "__init__.py").write_text(
+        f"open({str(tmp_path / 'imported')!r}, 'w').close()\n"
+        "class cuda:\n    is_available = staticmethod(lambda: True)\n"
+    )
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(tmp_path / "fake"),
+           "GPU_BUNDLE": str(tmp_path / "no-bundle"), "GPU_CHECK_OUT": str(tmp_path / "results"),
+           "GPU_SITE": str(tmp_path / "site")}  # fmt: skip
+    proc = subprocess.run(["bash", str(SCRIPT), "install"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    if build_cuda is None:
+        assert "no CUDA device" in proc.stderr and not (tmp_path / "imported").exists(), proc.stderr
+    else:
+        assert "no bundle at" in proc.stderr and (tmp_path / "imported").exists(), proc.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "site").exists()
+
+
 def test_splat_quality_dry_run_needs_its_scenes_and_carries_its_selection(tmp_path):
     bundle = tmp_path / "bundle"  # a bundle as gpu_bundle.py lays it out, with the cup scene only
     (bundle / "core").mkdir(parents=True)
