@@ -65,7 +65,7 @@ _setup_torch_args() {  # prints the pip arguments that install torch here, one p
 }
 
 setup_env() {
-  local extras="$1" repo venv target stamp_file stamp torch_args
+  local extras="$1" repo venv target stamp_file stamp torch_args torch_version
   repo="$(pwd)"
   if [ "${USE_CURRENT_PYTHON:-0}" = 1 ]; then
     PY="${PYTHON:-python3}"
@@ -88,8 +88,9 @@ setup_env() {
   fi
   _setup_check_python "$PY"
 
-  if "$PY" -c "import torch" >/dev/null 2>&1; then
-    echo "setup: keeping torch $("$PY" -c 'import torch; print(torch.__version__)') from $venv" >&2
+  # one import of torch answers both "is it there?" and "which version?" (seconds each)
+  if torch_version=$("$PY" -c "import torch; print(torch.__version__)" 2>/dev/null); then
+    echo "setup: keeping torch ${torch_version##*$'\n'} from $venv" >&2
   else
     mapfile -t torch_args < <(_setup_torch_args)
     echo "setup: installing torch (${torch_args[*]})" >&2
