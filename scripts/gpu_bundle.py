@@ -87,6 +87,11 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+def installed_requires(name: str) -> list[str]:
+    """The requirements of the distribution ``name`` installed here, as its metadata lists them."""
+    return md.requires(name) or []
+
+
 def requirements_of(wheel: Path, env: dict[str, str]) -> list[Requirement]:
     """The run-time requirements a wheel declares that apply on the target (no extras)."""
     with zipfile.ZipFile(wheel) as z:
@@ -136,9 +141,11 @@ def _pin(req: Requirement) -> str:
     return f"{req.name}{req.specifier}"
 
 
-def collect(names, dest: Path, python_version: str, device: dict[str, Version | None], seen: dict[str, Path]):
-    """Download ``names`` and, recursively, whatever they need that the device image lacks (one pip call a
-    level of the dependency tree)."""
+def collect(names, dest: Path, python_version: str, device: dict[str, Version | None], seen: dict[str, Path],
+            ahead: dict[str, tuple[str, Path]] | None = None):
+    """Download ``names`` and, recursively, whatever they need that the device image lacks (a level of the
+    dependency tree at a time). A wheel in ``ahead`` (canonical name -> (pin, file), from `fetch_ahead`) is
+    taken from there when the level asks for that very pin; pip is called only for the rest of the level."""
     env = marker_env(python_version)
     level = [Requirement(n) for n in names]
     while level:
@@ -157,10 +164,62 @@ def collect(names, dest: Path, python_version: str, device: dict[str, Version | 
         level = []
         if not wanted:
             break
-        for wheel in _pip_download([_pin(r) for r in wanted.values()], dest, python_version, binary=True):
+        pins = {key: _pin(r) for key, r in wanted.items()}
+        new, rest = [], []
+        for key, pin in pins.items():
+            if ahead and key in ahead and ahead[key][0] == pin:
+                file = ahead.pop(key)[1]
+                new.append(file.rename(dest / file.name))
+            else:
+                rest.append(pin)
+        if rest:
+            new += _pip_download(rest, dest, python_version, binary=True)
+        for wheel in sorted(new):
             key = canonicalize_name(wheel.name.split("-", 1)[0])
             seen[key] = wheel
             level += requirements_of(wheel, env)
+
+
+def predict(names, python_version: str, device: dict[str, Version | None], known=()) -> dict[str, str]:
+    """The pins `collect` will most likely ask pip for: its walk, over the requirements of the distributions
+    installed here instead of the downloaded wheels'. A pin of the installed version has the installed
+    distribution's requirements (the same release's metadata); where a pin is some other version, the walk
+    stops there (`collect` learns the rest from the wheel). Canonical name -> pin; ``known`` are left out."""
+    env = marker_env(python_version)
+    pins: dict[str, str] = {}
+    level = [Requirement(n) for n in names]
+    while level:
+        wanted: dict[str, Requirement] = {}
+        for req in level:
+            key = canonicalize_name(req.name)
+            if key not in device and key not in known and key not in pins:
+                wanted.setdefault(key, req)
+        level = []
+        for key, req in wanted.items():
+            pins[key] = _pin(req)
+            if pins[key] != f"{req.name}=={installed_version(req.name)}":
+                continue
+            for line in installed_requires(req.name):
+                dep = Requirement(line)
+                if dep.marker is None or Marker(str(dep.marker)).evaluate(env):
+                    level.append(dep)
+    return pins
+
+
+def fetch_ahead(pins: dict[str, str], dest: Path, python_version: str) -> dict[str, tuple[str, Path]]:
+    """Download the wheels of ``pins`` (from `predict`) in one pip call, for `collect` to take from:
+    canonical name -> (pin, file). Empty when pip fails; `collect` then asks for each level and reports."""
+    dest.mkdir()
+    try:
+        files = _pip_download(list(pins.values()), dest, python_version, binary=True) if pins else []
+    except BundleError:
+        return {}
+    ahead = {}
+    for file in files:
+        key = canonicalize_name(file.name.split("-", 1)[0])
+        if key in pins:
+            ahead[key] = (pins[key], file)
+    return ahead
 
 
 def _sha256(path: Path) -> str:
@@ -190,8 +249,14 @@ def build(out: Path, python_version: str = "3.12", prebuilt: Path | None = None,
     try:
         core, view = tmp / "core", tmp / "viewer"
         core.mkdir()
+        # what the walks below will ask for, as far as this environment's metadata tells, in one pip call
+        # (instead of one a level); they take it from there and ask pip only for what is not
+        pins = predict(CORE, python_version, device)
+        if viewer:
+            pins.update(predict(VIEWER, python_version, device, known=set(pins)))
+        ahead = fetch_ahead(pins, tmp / "ahead", python_version)
         seen: dict[str, Path] = {}
-        collect(CORE, core, python_version, device, seen)
+        collect(CORE, core, python_version, device, seen, ahead)
         if prebuilt is not None:
             if not prebuilt.is_file() or not prebuilt.name.startswith("gsplat-"):
                 raise BundleError(f"--prebuilt {prebuilt}: not a gsplat wheel file")
@@ -201,7 +266,8 @@ def build(out: Path, python_version: str = "3.12", prebuilt: Path | None = None,
                 _pip_download([_pin(Requirement(name))], core, python_version, binary=False)
         if viewer:
             view.mkdir()
-            collect(VIEWER, view, python_version, device, dict(seen))
+            collect(VIEWER, view, python_version, device, dict(seen), ahead)
+        shutil.rmtree(tmp / "ahead")  # what no walk took
         if scenes:
             root = scenes_root()
             for name in scenes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,68 @@ def test_bundle_installs_offline_and_imports(tmp_path):
         subprocess.run(["rm", "-rf", str(path)], check=True)
     with pytest.raises(gpu_bundle.BundleError, match="tyro"):
         gpu_bundle.import_check(site, ("tyro",))
+
+
+# A package index and an environment for build() without a registry: the walk fetched ahead from what this
+# environment has installed must end with the bundle the level-by-level walk builds.
+INDEX = {  # name -> {version: requirements}, as the index's wheels declare them
+    "a": {"1.0": ["b", "c>=2"]},
+    "b": {"1.0": ["e"]},  # the installed b 1.0 says d instead: its metadata is a guess, not the answer
+    "c": {"1.0": [], "3.0": []},  # installed 1.0 does not satisfy a's c>=2: the newest is fetched
+    "d": {"1.0": []},
+    "e": {"1.0": ["torch"]},  # torch: the device image has it
+    "v": {"2.0": ["a", "w"]},  # the viewer's root; a is core's already
+    "w": {"1.0": []},
+}
+INSTALLED = {"a": ("1.0", ["b", "c"]), "b": ("1.0", ["d"]), "c": ("1.0", []), "d": ("1.0", []),
+             "v": ("2.0", ["a", "w"]), "w": ("1.0", [])}  # fmt: skip
+
+
+def _fake_pip_download(calls):
+    def download(specs, dest, python_version, binary):
+        calls.append(list(specs))
+        new = []
+        for spec in specs:
+            req = gpu_bundle.Requirement(spec)
+            if not binary:
+                new.append(dest / f"{req.name}-1.0.tar.gz")
+                new[-1].write_bytes(b"source")
+                continue
+            version = max((v for v in INDEX[req.name] if v in req.specifier), key=gpu_bundle.Version)
+            new.append(dest / f"{req.name}-{version}-py3-none-any.whl")
+            with zipfile.ZipFile(new[-1], "w") as z:
+                lines = [f"Name: {req.name}", f"Version: {version}"]
+                lines += [f"Requires-Dist: {r}" for r in INDEX[req.name][version]]
+                z.writestr(f"{req.name}-{version}.dist-info/METADATA", "\n".join(lines) + "\n")
+        return sorted(new)
+
+    return download
+
+
+def test_build_fetches_ahead_and_keeps_the_level_by_level_result(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_bundle, "CORE", ("a",))
+    monkeypatch.setattr(gpu_bundle, "VIEWER", ("v",))
+    monkeypatch.setattr(gpu_bundle, "SDISTS", ("s",))
+    monkeypatch.setattr(gpu_bundle, "device_packages", lambda: {"torch": None})
+    monkeypatch.setattr(gpu_bundle, "installed_version", lambda name: INSTALLED.get(name, (None,))[0])
+    monkeypatch.setattr(gpu_bundle, "installed_requires", lambda name: INSTALLED[name][1])
+    files, calls = {}, {}
+    for how in ("ahead", "by level"):
+        calls[how] = []
+        monkeypatch.setattr(gpu_bundle, "_pip_download", _fake_pip_download(calls[how]))
+        if how == "by level":
+            monkeypatch.setattr(gpu_bundle, "predict", lambda *a, **k: {})
+        files[how] = sorted(gpu_bundle.build(tmp_path / how, scenes=())["files"])
+    assert files["ahead"] == files["by level"] == [
+        "core/a-1.0-py3-none-any.whl", "core/b-1.0-py3-none-any.whl", "core/c-3.0-py3-none-any.whl",
+        "core/e-1.0-py3-none-any.whl", "core/s-1.0.tar.gz", "viewer/v-2.0-py3-none-any.whl",
+        "viewer/w-1.0-py3-none-any.whl",
+    ]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "ahead").iterdir()) == ["core", "manifest.json", "viewer"]
+    # one call for every wheel the environment predicts, then only what it did not: c>=2, then e
+    assert calls["ahead"] == [["a==1.0", "b==1.0", "c==1.0", "d==1.0", "v==2.0", "w==1.0"], ["c>=2"], ["e"],
+                              ["s"]]  # fmt: skip
+    assert len(calls["by level"]) == 6
 
 
 def _dry_run(bundle: Path) -> subprocess.CompletedProcess:
