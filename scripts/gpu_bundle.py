@@ -322,19 +322,18 @@ def _device_standin(dest: Path, device: dict[str, Version | None]) -> list[str]:
 
 
 def install_offline(bundle: Path, site: Path, python: str = sys.executable) -> None:
-    """``pip install --no-index --no-deps`` of the bundle's wheels and sources into ``site``."""
+    """``pip install --no-index --no-deps`` of the bundle's wheels and sources into ``site`` (one pip call;
+    the sources are built without build isolation, in this environment, as the device builds gsplat)."""
     wheels = sorted(bundle.glob("core/*.whl")) + sorted(bundle.glob("viewer/*.whl"))
     sdists = sorted(bundle.glob("core/*.tar.gz"))
     if not wheels:
         raise BundleError(f"{bundle}: no wheels (build it first: python scripts/gpu_bundle.py --out {bundle})")
     pip = [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
-           "--target", str(site)]  # fmt: skip
-    for group, extra in ((wheels, []), (sdists, ["--no-build-isolation"])):
-        if group:
-            proc = subprocess.run([*pip, *extra, *map(str, group)], capture_output=True, text=True,
-                                  env=_pip_env(binary=False))  # fmt: skip
-            if proc.returncode != 0:
-                raise BundleError(f"pip install --no-index from {bundle} failed: {proc.stderr[-800:]}")
+           "--no-build-isolation", "--target", str(site)]  # fmt: skip
+    proc = subprocess.run([*pip, *map(str, wheels + sdists)], capture_output=True, text=True,
+                          env=_pip_env(binary=False))  # fmt: skip
+    if proc.returncode != 0:
+        raise BundleError(f"pip install --no-index from {bundle} failed: {proc.stderr[-800:]}")
 
 
 def import_check(site: Path, imports=IMPORTS, python: str = sys.executable) -> str:
