@@ -41,7 +41,7 @@ from pathlib import Path
 
 from packaging.markers import Marker
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from packaging.utils import canonicalize_name, parse_sdist_filename
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,17 +106,20 @@ def requirements_of(wheel: Path, env: dict[str, str]) -> list[Requirement]:
     return reqs
 
 
-def _pip_download(specs: list[str], dest: Path, python_version: str, binary: bool) -> list[Path]:
-    """One ``pip download --no-deps`` of ``specs`` into ``dest``; returns the files it added."""
+def _pip_download(specs: list[str], dest: Path, python_version: str, binary: bool, sources=()) -> list[Path]:
+    """One ``pip download --no-deps`` of ``specs`` into ``dest``: wheels for the target (``binary``), but
+    source distributions of the names in ``sources``; or source distributions only. Returns the files added."""
     before = set(dest.iterdir())
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dest), *specs]
     if binary:
         cmd += ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp"]
         for plat in PLATFORMS:
             cmd += ["--platform", plat]
+        if sources:
+            cmd += [f"--no-binary={','.join(sources)}", "--no-build-isolation"]
     else:
         cmd += ["--no-binary=:all:", "--no-build-isolation"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_pip_env(binary))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_pip_env(binary and not sources))
     new = sorted(set(dest.iterdir()) - before)
     if proc.returncode != 0 or len(new) != len(specs):
         err = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.splitlines()[-3:]
@@ -167,7 +170,7 @@ def collect(names, dest: Path, python_version: str, device: dict[str, Version | 
         pins = {key: _pin(r) for key, r in wanted.items()}
         new, rest = [], []
         for key, pin in pins.items():
-            if ahead and key in ahead and ahead[key][0] == pin:
+            if ahead and key in ahead and ahead[key][0] == pin and ahead[key][1].name.endswith(".whl"):
                 file = ahead.pop(key)[1]
                 new.append(file.rename(dest / file.name))
             else:
@@ -206,19 +209,31 @@ def predict(names, python_version: str, device: dict[str, Version | None], known
     return pins
 
 
-def fetch_ahead(pins: dict[str, str], dest: Path, python_version: str) -> dict[str, tuple[str, Path]]:
-    """Download the wheels of ``pins`` (from `predict`) in one pip call, for `collect` to take from:
-    canonical name -> (pin, file). Empty when pip fails; `collect` then asks for each level and reports."""
+def fetch_ahead(pins: dict[str, str], dest: Path, python_version: str, sources: dict[str, str] | None = None):
+    """Download the wheels of ``pins`` (from `predict`) and the source distributions of ``sources`` (canonical
+    name -> pin) in one pip call, for `collect` and `build` to take from: canonical name -> (pin, file). Empty
+    when pip fails; then each is asked for on its own as before, and what fails is reported there."""
+    sources = sources or {}
+    wheels = {key: pin for key, pin in pins.items() if key not in sources}  # a wheel of those: in its level
     dest.mkdir()
+    specs = [*wheels.values(), *sources.values()]
     try:
-        files = _pip_download(list(pins.values()), dest, python_version, binary=True) if pins else []
+        files = _pip_download(specs, dest, python_version, binary=True, sources=sorted(sources)) if specs else []
     except BundleError:
         return {}
     ahead = {}
     for file in files:
-        key = canonicalize_name(file.name.split("-", 1)[0])
-        if key in pins:
-            ahead[key] = (pins[key], file)
+        try:
+            if file.name.endswith(".whl"):
+                key = canonicalize_name(file.name.split("-", 1)[0])
+                pin = wheels.get(key)
+            else:
+                key = canonicalize_name(parse_sdist_filename(file.name)[0])
+                pin = sources.get(key)
+        except ValueError:  # a name packaging cannot read: not taken, asked for again
+            continue
+        if pin is not None:
+            ahead[key] = (pin, file)
     return ahead
 
 
@@ -249,12 +264,13 @@ def build(out: Path, python_version: str = "3.12", prebuilt: Path | None = None,
     try:
         core, view = tmp / "core", tmp / "viewer"
         core.mkdir()
-        # what the walks below will ask for, as far as this environment's metadata tells, in one pip call
-        # (instead of one a level); they take it from there and ask pip only for what is not
+        # what the walks below will ask for, as far as this environment's metadata tells, and the sources, in
+        # one pip call (instead of one a level and one for the sources); pip is then asked only for the rest
         pins = predict(CORE, python_version, device)
         if viewer:
             pins.update(predict(VIEWER, python_version, device, known=set(pins)))
-        ahead = fetch_ahead(pins, tmp / "ahead", python_version)
+        sources = {} if prebuilt is not None else {canonicalize_name(n): _pin(Requirement(n)) for n in SDISTS}
+        ahead = fetch_ahead(pins, tmp / "ahead", python_version, sources)
         seen: dict[str, Path] = {}
         collect(CORE, core, python_version, device, seen, ahead)
         if prebuilt is not None:
@@ -262,8 +278,12 @@ def build(out: Path, python_version: str = "3.12", prebuilt: Path | None = None,
                 raise BundleError(f"--prebuilt {prebuilt}: not a gsplat wheel file")
             shutil.copy2(prebuilt, core / prebuilt.name)
         else:
-            for name in SDISTS:
-                _pip_download([_pin(Requirement(name))], core, python_version, binary=False)
+            for key, pin in sources.items():
+                if key in ahead and ahead[key][0] == pin and not ahead[key][1].name.endswith(".whl"):
+                    file = ahead.pop(key)[1]
+                    file.rename(core / file.name)
+                else:
+                    _pip_download([pin], core, python_version, binary=False)
         if viewer:
             view.mkdir()
             collect(VIEWER, view, python_version, device, dict(seen), ahead)
