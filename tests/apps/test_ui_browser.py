@@ -1,15 +1,16 @@
 """The Gradio editing UI on a tiny offline model, driven in headless Chromium with Playwright.
 
-The app runs in this process (a server thread on a free localhost port); Debian's chromium is driven through
-Playwright's ``executable_path`` (Playwright's own browser download is not needed). Skipped only when no
-chromium binary is installed (``scripts/test.sh`` installs it).
+The app runs in this process (a server thread on a free localhost port), built once for the file. The browser
+and its profile are shared (tests/apps/conftest.py); each test opens the app afresh in this file's tab, which
+makes it a new Gradio session (the page draws a new session hash on every load), so no test sees another's
+inputs, results or inversion cache. Skipped only when no chromium binary is installed (``scripts/test.sh``
+installs it).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
-import shutil
 import socket
 import struct
 import tempfile
@@ -23,9 +24,6 @@ from PIL import Image
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 120_000  # one edit is a few seconds on the tiny model; 2 shared CPU cores can be slow
 needs_inversion = pytest.mark.skipif(importlib.util.find_spec("editkit.inversion") is None,
                                      reason="editkit.inversion not available")
@@ -39,9 +37,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model_dirs):
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (scripts/test.sh installs Debian's chromium)")
+def served(chromium, tiny_model_dirs):
     from apps.ui import build_app
 
     app = build_app(str(tiny_model_dirs["sd1"]), device="cpu", default_steps=2)
@@ -58,29 +54,36 @@ def server(served):
     return served[0]
 
 
+def new_tab(profile):
+    tab = profile.new_page()
+    tab.set_default_timeout(TIMEOUT_MS)
+    return tab
+
+
+def load_app(tab, server, ready: str = "#gen-run"):
+    """Load the app in ``tab``: a new Gradio session, every input at its default."""
+    tab.goto(server)
+    tab.wait_for_selector(ready)
+    return tab
+
+
+def open_page(profile, server):
+    """The app in a tab of its own (closed by the caller)."""
+    return load_app(new_tab(profile), server)
+
+
 @pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def open_page(browser, server):
-    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(server)
-    page.wait_for_selector("#gen-run")
-    return page
+def tab(browser_profile, served):
+    tab = new_tab(browser_profile)
+    yield tab
+    tab.close()
 
 
 @pytest.fixture
-def page(browser, server):
-    page = open_page(browser, server)
-    yield page
-    page.context.close()
+def page(tab, server):
+    """The app loaded afresh in this file's tab (a new session; loading it again in a warm tab is cheaper
+    than a new tab or a new browser profile)."""
+    return load_app(tab, server)
 
 
 def make_photo(path, w=56, h=40):
@@ -261,16 +264,16 @@ def test_progress_advances_and_cancel_frees_the_lock_within_a_step(page, served)
     run_and_expect(page, "gen", "Done")  # the model is free for the next run
 
 
-def test_no_download_folder_is_left_after_the_tab_closes(browser, server):
+def test_no_download_folder_is_left_after_the_tab_closes(browser_profile, server):
     root = Path(tempfile.gettempdir())
     before = set(root.glob("editkit-ui-*"))
-    page = open_page(browser, server)
+    page = open_page(browser_profile, server)
     try:
         run_and_expect(page, "gen", "Done")
         created = set(root.glob("editkit-ui-*")) - before
         assert len(created) == 1  # this session's download folder
     finally:
-        page.context.close()
+        page.close()  # the tab closes
     deadline = time.monotonic() + 60
     while any(p.exists() for p in created) and time.monotonic() < deadline:
         time.sleep(0.25)
@@ -298,7 +301,7 @@ def test_unreadable_and_oversized_uploads_are_named(page, tmp_path):
 
 
 @needs_inversion
-def test_photo_p2p_reuses_inversion_and_sessions_are_separate(browser, server, page, photo):
+def test_photo_p2p_reuses_inversion_and_sessions_are_separate(browser_profile, server, page, photo):
     from playwright.sync_api import expect
 
     open_tab(page, "Edit a photo (P2P)")
@@ -317,7 +320,9 @@ def test_photo_p2p_reuses_inversion_and_sessions_are_separate(browser, server, p
     fill(page, "p2p-target", "a lion sitting on a table")  # only the target changes: inversion reused
     run_and_expect(page, "p2p", "Inversion reused")
 
-    other = open_page(browser, server)  # a second browser session: its own cache and outputs
+    # a second session, in a second tab of the same browser: its own cache and outputs (nothing the two tabs
+    # share, cookies or storage, may join them)
+    other = open_page(browser_profile, server)
     try:
         open_tab(other, "Edit a photo (P2P)")
         upload(other, "p2p", photo)
@@ -328,7 +333,7 @@ def test_photo_p2p_reuses_inversion_and_sessions_are_separate(browser, server, p
         run_and_expect(other, "p2p", "Inversion computed")
         expect(other.locator("#gen-result img")).to_have_count(0)
     finally:
-        other.context.close()
+        other.close()
     run_and_expect(page, "p2p", "Done")
     expect(page.locator("#p2p-status")).to_contain_text("Inversion reused")
 
