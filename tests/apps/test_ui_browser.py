@@ -118,19 +118,28 @@ def fill(page, elem_id: str, text: str):
 
 
 def set_number(page, elem_id: str, value):
-    """Type a number and make sure the page keeps it. A box inside an accordion that has just been opened can
-    still be taking its initial value from the app when Playwright types into it (seen once in CI: 40 was
-    typed, the server received the default 2); so re-type until the value has stayed put for a moment."""
+    """Type a number into a slider's box and make sure the slider's value (what a run sends) is the number.
+    A slider inside an accordion is mounted when the accordion opens, and one typed into while it was still
+    mounting kept its default (seen once in CI: 40 was typed, the server received the default 2). The
+    slider's range input shows the component's value, not the text typed, so wait for it to show the number,
+    and type again if it does not."""
+    from playwright.sync_api import expect
+
     box = page.locator(f"#{elem_id} input[type=number]")
+    track = page.locator(f"#{elem_id} input[type=range]")
     box.wait_for(state="visible")
     for _ in range(5):
         box.fill(str(value))
         box.press("Enter")
         box.blur()
-        page.wait_for_timeout(250)
-        if box.input_value() == str(value):
+        try:
+            expect(track).to_have_value(str(value), timeout=2_000)
+            expect(box).to_have_value(str(value), timeout=2_000)
             return
-    raise AssertionError(f"#{elem_id} did not keep the value {value} (shows {box.input_value()!r})")
+        except AssertionError:
+            continue
+    raise AssertionError(f"#{elem_id} did not keep the value {value} (shows {box.input_value()!r}, "
+                         f"slider at {track.input_value()!r})")
 
 
 def run_and_expect(page, prefix: str, text: str):
@@ -190,6 +199,7 @@ def test_generate_and_edit_then_bad_input_keeps_the_result(page):
 
 
 def test_token_heatmap_is_shown_large_for_the_chosen_token(page):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
     fill(page, "gen-source", "a cat riding a bicycle")
@@ -198,9 +208,12 @@ def test_token_heatmap_is_shown_large_for_the_chosen_token(page):
     image = page.locator("#gen-token-map img")
     expect(image).to_have_count(1)
     before = image.get_attribute("src")
-    deadline = time.monotonic() + 15  # the <img> is laid out at a placeholder size until its picture loads
-    while (box := image.bounding_box())["width"] < 300 and time.monotonic() < deadline:
-        page.wait_for_timeout(100)
+    try:  # the <img> is laid out at a placeholder size until its picture loads
+        page.wait_for_function("document.querySelector('#gen-token-map img').getBoundingClientRect().width >= 300",
+                               timeout=15_000)
+    except PlaywrightTimeout:
+        pass  # the size is asserted (and shown) below
+    box = image.bounding_box()
     assert box["width"] >= 300 and box["height"] >= 300, box  # readable in the page, not a 6 px label
     page.locator("#gen-map-token input").click()
     page.get_by_role("option", name="5: bicycle").click()  # the target's tokens: start, a, dog, riding, a, ...
@@ -276,7 +289,7 @@ def test_no_download_folder_is_left_after_the_tab_closes(browser_profile, server
         page.close()  # the tab closes
     deadline = time.monotonic() + 60
     while any(p.exists() for p in created) and time.monotonic() < deadline:
-        time.sleep(0.25)
+        time.sleep(0.05)
     assert not any(p.exists() for p in created)
 
 
