@@ -10,12 +10,12 @@ import time
 import pytest
 
 from tests.apps.test_ui_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     TIMEOUT_MS,
     fill,
     free_port,
+    load_app,
     make_photo,
+    new_tab,
     run_and_expect,
     set_number,
     upload,
@@ -25,9 +25,7 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (scripts/test.sh installs Debian's chromium)")
+def served(chromium, tmp_path_factory):
     from apps.ui import build_app
     from editkit.testing import save_tiny_pipeline
 
@@ -42,17 +40,11 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(served, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(served[0])
-        page.wait_for_selector("#flow-run")
-        yield page
-        browser.close()
+def page(served, browser_profile):
+    """The app in a tab of the shared browser (tests/apps/conftest.py), one session for this file's tests."""
+    page = load_app(new_tab(browser_profile), served[0], ready="#flow-run")
+    yield page
+    page.close()
 
 
 def flowedit_steps(page) -> list[tuple[int, int]]:

@@ -36,9 +36,11 @@ def test_auth_flag_is_checked(capsys):
     assert e.value.code == 2 and "banana" in capsys.readouterr().err
 
 
-def test_served_beyond_localhost_warns_and_auth_is_required(tiny_model_dirs, capsys):
+def test_served_beyond_localhost_warns_and_auth_is_required(sd1, capsys):
+    # the session's loaded tiny pipeline (launch takes a pipeline as well as a path): what is checked here is
+    # the serving, not the loading, which tests/apps/test_ui_browser.py goes through
     port = free_port()
-    app = launch(str(tiny_model_dirs["sd1"]), host="0.0.0.0", port=port, device="cpu", block=False)
+    app = launch(sd1, host="0.0.0.0", port=port, device="cpu", block=False)
     try:
         err = capsys.readouterr().err
         assert "without a password" in err and "--auth" in err
@@ -48,7 +50,7 @@ def test_served_beyond_localhost_warns_and_auth_is_required(tiny_model_dirs, cap
     finally:
         app.close()
     port = free_port()
-    app = launch(str(tiny_model_dirs["sd1"]), port=port, device="cpu", auth=("alice", "pw"), block=False)
+    app = launch(sd1, port=port, device="cpu", auth=("alice", "pw"), block=False)
     try:
         assert "without a password" not in capsys.readouterr().err
         with pytest.raises(urllib.error.HTTPError) as e:
