@@ -177,7 +177,9 @@ def test_splat_train_on_photos_only_runs_sfm_then_trains(tmp_path, capsys):
 
     scene = tmp_path / "scene"
     (scene / "images").mkdir(parents=True)
-    for path in sorted(DEMO_IMAGES.glob("*.jpg"))[:18]:  # half of the demo circle (10 degree steps), no model
+    # a third of the demo circle (10 degree steps), no model; measured: 12/12 registered, ~790 points (18
+    # photos took half as much SfM time again)
+    for path in sorted(DEMO_IMAGES.glob("*.jpg"))[:12]:
         shutil.copy(path, scene / "images" / path.name)
     out = tmp_path / "out"
     argv = [
@@ -204,7 +206,7 @@ def test_splat_train_on_photos_only_runs_sfm_then_trains(tmp_path, capsys):
         "--no-progress",
     ]
     assert main(argv) == 0, capsys.readouterr().err
-    assert pycolmap.Reconstruction(scene / "sparse" / "0").num_reg_images() >= 16
+    assert pycolmap.Reconstruction(scene / "sparse" / "0").num_reg_images() >= 11
     plys = list(out.rglob("*.ply"))
     assert plys and all(p.stat().st_size > 1000 for p in plys), plys
 
