@@ -203,7 +203,10 @@ def test_we_read_files_splat_transform_wrote(tmp_path, gaussians, st, fmt, name,
 
 
 def test_compact_formats_are_at_least_4x_smaller_than_the_ply(tmp_path):
-    params = plausible_gaussians(10_000, seed=1)
+    # 5000 Gaussians: SOG's SH palette has 4096 entries, 0.82 per Gaussian as with 8192 for 10 000, the same
+    # regime at half the size (a quarter of the k-means work). Measured PLY / file ratios, seeds 1-3: spz 6.82,
+    # compressed-ply 4.03, sog 4.34, png 5.88 (10 000 Gaussians: 6.94, 4.04, 4.49, 5.92).
+    params = plausible_gaussians(5000, seed=1)
     write_ply(tmp_path / "g.ply", params)
     ply = (tmp_path / "g.ply").stat().st_size
     sizes = {}

@@ -49,11 +49,31 @@ def test_real_binary_and_text_models_load_identically(tmp_path):
         np.testing.assert_allclose(rec.cameras[im.camera_id].params, rec_txt.cameras[im.camera_id].params)
 
 
+def beercan_subset(root, every: int):
+    """The beercan scene restricted to every ``every``-th photo (by name): the other frames deregistered in the
+    model (their observations leave the tracks), the photos linked from ../shared, never copied."""
+    import os
+
+    rec = read_reconstruction(BEERCAN / "sparse" / "0")
+    keep = set(sorted(rec.images[i].name for i in rec.reg_image_ids())[::every])
+    for i in list(rec.reg_image_ids()):
+        if rec.images[i].name not in keep:
+            rec.deregister_frame(rec.images[i].frame_id)
+    (root / "sparse" / "0").mkdir(parents=True)
+    (root / "images").mkdir()
+    rec.write_binary(str(root / "sparse" / "0"))
+    for name in keep:
+        os.symlink(BEERCAN / "images" / name, root / "images" / name)
+    return root
+
+
 @needs_beercan
 def test_undistorted_beercan_reprojects_within_one_pixel(tmp_path):
-    """SIMPLE_RADIAL photos become pinhole cameras under which SfM points land on their observations."""
-    model = load_scene(BEERCAN, cache_dir=tmp_path / "cache")
-    assert model.undistorted
+    """SIMPLE_RADIAL photos become pinhole cameras under which SfM points land on their observations. On every
+    6th of the 71 photos (undistorting is per photo): measured 12 views, 3408 observations, mean 0.89 px (all 71
+    photos: 30839 observations, mean 0.84 px)."""
+    model = load_scene(beercan_subset(tmp_path / "beercan", every=6), cache_dir=tmp_path / "cache")
+    assert model.undistorted and len(model.views) == 12
     rec = read_reconstruction(model.model_dir)
     assert {c.model.name for c in rec.cameras.values()} == {"PINHOLE"}
     errors = []
@@ -67,11 +87,11 @@ def test_undistorted_beercan_reprojects_within_one_pixel(tmp_path):
             xc = v.cam_from_world[:3, :3] @ xyz + v.cam_from_world[:3, 3]
             uv = (v.K @ (xc / xc[2]))[:2]
             errors.append(np.linalg.norm(uv - p2d.xy))
-    assert len(errors) > 10_000
+    assert len(errors) > 3000
     assert np.mean(errors) < 1.0, np.mean(errors)
     # and the cached images have the undistorted cameras' sizes (checked in load_scene) and are reused
     stamp = (tmp_path / "cache" / "undistorted" / "source.json").stat().st_mtime_ns
-    load_scene(BEERCAN, cache_dir=tmp_path / "cache")
+    load_scene(tmp_path / "beercan", cache_dir=tmp_path / "cache")
     assert (tmp_path / "cache" / "undistorted" / "source.json").stat().st_mtime_ns == stamp
 
 

@@ -44,12 +44,18 @@ def quiet(**kwargs) -> PrepareConfig:
     return PrepareConfig(progress=False, num_threads=2, **kwargs)
 
 
+CUP_COUNT = 16
+
+
 @pytest.fixture(scope="module")
 def cup_run(tmp_path_factory):
-    """SfM once on 24 cup photos (every second one of the capture, per-image cameras as in the shipped model)."""
+    """SfM once on 16 cup photos (every second one of the capture, downscaled from 800x600 to 480x360 as the
+    other cup tests do; per-image cameras as in the shipped model). Measured with mapper seeds 0-3: 16/16
+    registered, ~850 points, camera centres within 0.3 % of the camera extent of the shipped model's; about
+    a sixth of the CPU time of 24 photos at full size."""
     if not (SCENES / "cup" / "sparse" / "0").is_dir():
         pytest.skip("../shared/scenes/cup missing")
-    scene = photo_scene(tmp_path_factory.mktemp("cup"), cup_names(step=2, count=24))
+    scene = photo_scene(tmp_path_factory.mktemp("cup"), cup_names(step=2, count=CUP_COUNT), size=480)
     cfg = quiet(camera_mode="per_image")
     return scene, cfg, prepare(scene, cfg)
 
@@ -57,9 +63,9 @@ def cup_run(tmp_path_factory):
 @needs_cup
 def test_cup_registers_and_matches_reference_poses(cup_run):
     scene, _, summary = cup_run
-    assert summary.num_images == 24
-    assert summary.num_registered >= 0.9 * 24, summary
-    assert summary.matcher == "exhaustive" and summary.num_pairs == 24 * 23 // 2
+    assert summary.num_images == CUP_COUNT
+    assert summary.num_registered >= 0.9 * CUP_COUNT, summary
+    assert summary.matcher == "exhaustive" and summary.num_pairs == CUP_COUNT * (CUP_COUNT - 1) // 2
     assert 0 < summary.mean_reprojection_error < 1.5
     rec = pycolmap.Reconstruction(scene / "sparse" / "0")
     assert rec.num_reg_images() == summary.num_registered and rec.num_points3D() == summary.num_points > 500
@@ -93,8 +99,8 @@ def test_existing_model_is_not_overwritten_and_rerun_reuses_cache(cup_run):
     cfg.overwrite = True
     again = prepare(scene, cfg)
     assert again.num_extracted == 0 and again.num_pairs_matched == 0  # features and matches from the cache
-    assert "(features of 24 images and" in str(again) and "pairs from the cache)" in str(again)
-    assert first.num_extracted == 24 and first.num_pairs_matched == first.num_pairs
+    assert f"(features of {CUP_COUNT} images and" in str(again) and "pairs from the cache)" in str(again)
+    assert first.num_extracted == CUP_COUNT and first.num_pairs_matched == first.num_pairs
     assert again.seconds["extract"] + again.seconds["match"] < 0.5 * (
         first.seconds["extract"] + first.seconds["match"]
     )
@@ -171,7 +177,9 @@ def test_splat_train_on_photos_only_runs_sfm_then_trains(tmp_path, capsys):
 
     scene = tmp_path / "scene"
     (scene / "images").mkdir(parents=True)
-    for path in sorted(DEMO_IMAGES.glob("*.jpg"))[:18]:  # half of the demo circle (10 degree steps), no model
+    # a third of the demo circle (10 degree steps), no model; measured: 12/12 registered, ~790 points (18
+    # photos took half as much SfM time again)
+    for path in sorted(DEMO_IMAGES.glob("*.jpg"))[:12]:
         shutil.copy(path, scene / "images" / path.name)
     out = tmp_path / "out"
     argv = [
@@ -198,7 +206,7 @@ def test_splat_train_on_photos_only_runs_sfm_then_trains(tmp_path, capsys):
         "--no-progress",
     ]
     assert main(argv) == 0, capsys.readouterr().err
-    assert pycolmap.Reconstruction(scene / "sparse" / "0").num_reg_images() >= 16
+    assert pycolmap.Reconstruction(scene / "sparse" / "0").num_reg_images() >= 11
     plys = list(out.rglob("*.ply"))
     assert plys and all(p.stat().st_size > 1000 for p in plys), plys
 

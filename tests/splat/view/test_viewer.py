@@ -107,15 +107,19 @@ def test_browser_gets_reference_frames_that_follow_the_camera(demo_viewer, brows
         np.testing.assert_array_equal(frame.image, reference(params, frame, viewer.sh_degree))
         assert frame.image.std() > 5
 
-        # delivered: the browser's own canvas (cameras hidden) shows that image as its background
+        # delivered: the browser's own canvas (cameras hidden) shows that image as its background. The
+        # canvas is read until it shows the newest frame sent (no other frame sent meanwhile): the browser
+        # decodes an image before it draws it, and echoed camera messages may still bring a frame or two.
         viewer.show_cameras(False)
-        while viewer.wait_for_frame(viewer.frames_sent, timeout=3) is not None:
-            pass  # until echoed camera messages settle and no frame is on its way
-        frame = viewer.frames[client.client_id]
-        time.sleep(1.0)  # the browser decodes the last image before it draws it
-        shown = client.get_render(480, 640, transport_format="png", timeout=TIMEOUT_S)
-        seen = downsample(shown, frame.width, frame.height)
-        err_same = np.abs(seen - frame.image).mean()
+        deadline = time.monotonic() + 60  # the browser is up and drawing by now
+        while True:
+            sent, frame = viewer.frames_sent, viewer.frames[client.client_id]
+            shown = client.get_render(480, 640, transport_format="png", timeout=TIMEOUT_S)
+            seen = downsample(shown, frame.width, frame.height)
+            err_same = np.abs(seen - frame.image).mean()
+            if (err_same < 12 and viewer.frames_sent == sent) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
 
         # moving the camera through viser's API: the browser reports it back, a new frame follows
         n = viewer.frames_sent
@@ -123,6 +127,8 @@ def test_browser_gets_reference_frames_that_follow_the_camera(demo_viewer, brows
             viewer.up, [1.0, 0, 0]
         )
         moved = viewer.wait_for_frame(n, timeout=TIMEOUT_S)
+        while moved is not None and np.allclose(moved.viewmat[:3].numpy(), frame.viewmat[:3].numpy(), atol=2e-3):
+            moved = viewer.wait_for_frame(moved.index, timeout=TIMEOUT_S)  # a late echo of the old pose
         assert moved is not None and moved.index > frame.index
         assert not torch.allclose(moved.viewmat, frame.viewmat, atol=1e-3)
         np.testing.assert_array_equal(moved.image, reference(params, moved, viewer.sh_degree))
