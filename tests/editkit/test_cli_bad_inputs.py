@@ -125,11 +125,19 @@ def test_bad_input(work, tmp_path, capsys, monkeypatch, argv, code, words):
 
 
 def test_bad_input_in_a_real_process(work, tmp_path):
-    """`python -m editkit.cli`: the exit code and the message of the console entry point itself."""
+    """`python -m editkit.cli`: the exit code and the message of the console entry point itself. The same fresh
+    process shows what `import editkit` costs a plain run: accelerate (batch mode only) and diffusers (the
+    model) are never imported, though editkit, editkit.batch and the command line were (``-X importtime``
+    lists every import on stderr; those lines are set apart from the command's own)."""
     _, argv, code, words = next(c for c in CASES if c[0] == "device-banana")
     argv = row_argv(argv, work, tmp_path)
     before = snapshot(work)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "editkit.cli", *argv], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=300)  # fmt: skip
-    check_refused(proc.returncode, proc.stderr, code, words, work, before, tmp_path)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "editkit.cli", *argv], capture_output=True,
+                          text=True, cwd=tmp_path, env=env, timeout=300)  # fmt: skip
+    lines = proc.stderr.splitlines(keepends=True)
+    imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+    assert {"editkit", "editkit.batch", "editkit.jobs", "tyro"} <= imported, sorted(imported)[:20]
+    assert "accelerate" not in imported and "diffusers" not in imported
+    err = "".join(line for line in lines if not line.startswith("import time:"))
+    check_refused(proc.returncode, err, code, words, work, before, tmp_path)
