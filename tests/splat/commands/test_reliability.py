@@ -23,11 +23,19 @@ import pytest
 import torch
 
 from splat.cli import main
-from tests.helpers import png_header_only
+from tests.helpers import one_torch_thread, png_header_only
 from tests.splat.commands.catalogue import DEMO, assert_refused, run_cli, tree
 
 FAST = ["--device", "cpu", "--no-progress", "--no-lpips", "--max-width", "32"]
 GIB = 2**30
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread (tests.helpers.one_torch_thread: two spin against each other on a busy 2-core machine;
+    measured there, a 4-iteration `splat edit` of the tiny model took 30 CPU seconds with two, 2.2 with one)."""
+    with one_torch_thread():
+        yield
 
 
 # One child process runs every case whose peak memory is checked, each through ``splat.cli.main``: before a case
@@ -322,7 +330,7 @@ def test_help_into_a_closed_pipe_is_quiet(tmp_path):
 
 def test_sigterm_is_treated_as_ctrl_c(scene, tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "splat.cli", "train", str(scene), "--out", str(out),
                              "--steps", "100000", "--ckpt-every", "0", "--eval-steps", "0", *FAST],
                             stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
@@ -359,8 +367,9 @@ def test_edit_with_an_unwritable_cache_warns_once_and_keeps_inversions_in_memory
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder would go")  # unwritable for root as well
     out = tmp_path / "edited"
+    # two iterations edit two views: two inversions, the second of which would warn again
     rc, err = run_cli(["edit", run, "--scene", scene, "--source", "a photo of a cat", "--target", "a photo of a dog",
-                       "--steps", "4", "--edit-size", "32", "--iterations", "4", "--edit-every", "1",
+                       "--steps", "4", "--edit-size", "32", "--iterations", "2", "--edit-every", "1",
                        "--cache-dir", blocker / "cache", "--no-progress", "--device", "cpu",
                        "--model", tiny_model_dirs["sd1"], "--out", out], capsys)  # fmt: skip
     assert rc == 0, err
