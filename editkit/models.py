@@ -114,10 +114,8 @@ def detect_family(model, cache_dir: str | os.PathLike | None = None) -> str | No
     (``stable-diffusion-3``, ``sd3``, ``flux``, ``xl``). Raises :class:`UnsupportedModelError` for a folder or
     pipeline of another family.
     """
-    if _is_pipeline(model):
-        return family_of(model)
-    if not isinstance(model, str | os.PathLike):
-        return None
+    if not isinstance(model, str | os.PathLike):  # a path or hub id is told without importing diffusers
+        return family_of(model) if _is_pipeline(model) else None
     name = str(model)
     path = Path(name).expanduser()
     if path.is_dir():

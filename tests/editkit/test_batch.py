@@ -1,8 +1,10 @@
 """Batch editing (editkit.batch): photos split across processes by accelerate, a summary, bad photos recorded.
 
-The two-process run is started the way a user starts it, ``accelerate launch ... -m editkit.cli edit``, on the
+The two-process run is started the way a user starts it, ``accelerate launch ... editkit.cli edit``, on the
 CPU (gloo), and compared file by file, byte by byte, with a plain one-process ``editkit edit`` of the same
 photos. Both runs use one thread per process: CPU matrix products are not bit-identical across thread counts.
+The same two processes then run a second batch whose engine is faked (out of memory on one process's model
+load): one launch of two processes for both (:data:`WORKER`).
 """
 
 from __future__ import annotations
@@ -116,8 +118,35 @@ def accelerate_launch(processes: int = 2) -> list[str]:
     ]
 
 
-def test_two_processes_write_the_same_files_as_one(model, photos, tmp_path):
+@pytest.fixture(scope="module")
+def launch(model, photos, tmp_path_factory):
+    """One ``accelerate launch`` of two processes (:data:`WORKER`): the real ``editkit edit`` of four photos and
+    a bad one, then the batch whose second process runs out of memory loading the model."""
+    tmp = tmp_path_factory.mktemp("launch")
+    script = tmp / "worker.py"
+    script.write_text(WORKER)
     good = [photos[f"photo{i}"] for i in range(4)]
+    # the photos are dealt out in turn, [0, 2, 4] and [1, 3]: the bad photo is in the second process's share
+    inputs = [*good[:3], photos["bad"], good[3]]
+    out = tmp / "two"
+    cli = ["edit", *map(str, inputs), "--output", str(out), "--model", model, "--pairs", str(photos["pairs"]),
+           "--device", "cpu", *RUN]  # fmt: skip
+    (tmp / "oom").mkdir()
+    oom = [str(tmp / "oom" / "out"), *map(str, good)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [*accelerate_launch(2), str(script), json.dumps({"cli": cli, "oom": oom})],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    return {"proc": proc, "out": out, "inputs": inputs, "good": good, "tmp": tmp}
+
+
+def test_two_processes_write_the_same_files_as_one(model, photos, launch, tmp_path):
+    good = launch["good"]
     common = ["--model", model, "--pairs", str(photos["pairs"]), "--device", "cpu", *RUN]
 
     one = tmp_path / "one"  # the plain single-process command, as it ran before batch mode existed
@@ -126,19 +155,7 @@ def test_two_processes_write_the_same_files_as_one(model, photos, tmp_path):
     reference = files(one)
     assert len(reference) == 4 * 3  # per photo: the source, one edit per pair
 
-    two = tmp_path / "two"
-    # the photos are dealt out in turn, [0, 2, 4] and [1, 3]: the bad photo is in the second process's share
-    inputs = [*good[:3], photos["bad"], good[3]]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    launch = [*accelerate_launch(2), "-m", "editkit.cli"]
-    proc = subprocess.run(
-        [*launch, "edit", *map(str, inputs), "--output", str(two), *common],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=300,
-    )
+    two, inputs, proc = launch["out"], launch["inputs"], launch["proc"]
     # a photo failed: every process exits 4, which the launcher reports as a failure of the job
     assert proc.returncode != 0, proc.stderr
     assert re.search(r"exitcode\s*:\s*4 ", proc.stderr), proc.stderr  # the launcher names the exit code
@@ -333,9 +350,8 @@ def test_job_checks_prompts_without_a_model():
         EditJob(pairs=[("a cat", ["a dog"])], method="sdedit").check()
 
 
-def test_importing_editkit_does_not_import_accelerate():
-    code = "import sys, editkit, editkit.batch, editkit.cli; sys.exit('accelerate' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=120).returncode == 0
+# That `import editkit` (editkit.batch, the command line) does not import accelerate is checked in a fresh process
+# by tests/editkit/test_cli_bad_inputs.py::test_bad_input_in_a_real_process.
 
 
 def fake_edit(refuse: str, crash: str = ""):
@@ -393,11 +409,26 @@ def test_a_model_that_fails_to_load_for_lack_of_memory_is_recorded(photos, tmp_p
     assert json.loads((tmp_path / "summary.json").read_text())["failed"] == 2
 
 
-# One process of a two-process launch (a script under accelerate launch): a fake engine writes a grey image per
-# prompt; the main process's model load takes a second, and the second process runs out of memory loading it.
+# One process of the module's two-process launch (``accelerate launch worker.py JSON``):
+# 1. the real command line, run as ``python -m editkit.cli ARGS`` runs it (runpy, as __main__); its exit code
+#    becomes the process's;
+# 2. the timeout of the process group the command line set up;
+# 3. a batch with a fake engine (a grey image per prompt): the main process's model load takes a second, and
+#    the second process runs out of memory loading it.
 WORKER = """
-import json, os, sys, time
+import json, os, runpy, sys, time
 from pathlib import Path
+
+args = json.loads(sys.argv[1])
+rank = int(os.environ["RANK"])
+
+sys.argv = ["editkit", *args["cli"]]
+try:
+    runpy.run_module("editkit.cli", run_name="__main__", alter_sys=True)
+    code = 0
+except SystemExit as e:
+    code = e.code
+sys.stdout.flush()
 
 import torch
 from PIL import Image
@@ -405,9 +436,11 @@ from PIL import Image
 import editkit.batch as batch
 from editkit.jobs import Outcome
 
-out, photos = Path(sys.argv[1]), sys.argv[2:]
-rank = int(os.environ["RANK"])
+out, photos = Path(args["oom"][0]), args["oom"][1:]
 marker = out.parent / "main-loaded"
+group = torch.distributed.distributed_c10d._get_default_group()
+timeout = group._get_backend(torch.device("cpu")).options._timeout
+(out.parent / f"timeout-{rank}").write_text(str(timeout.total_seconds()))
 
 
 def load(model, device):
@@ -427,30 +460,18 @@ def edit(pipe, image, source, targets, settings, **kw):
 batch.edit_photo_p2p = edit
 job = batch.EditJob(pairs=[("a cat", ["a dog"])], inversion="direct", steps=2, progress=False)
 summary = batch.edit_photos(photos, job, model="m", output=out, device="cpu", load=load)
-group = torch.distributed.distributed_c10d._get_default_group()
-timeout = group._get_backend(torch.device("cpu")).options._timeout
-(out.parent / f"timeout-{rank}").write_text(str(timeout.total_seconds()))
-sys.exit(summary.exit_code)
+(out.parent / f"exit-{rank}").write_text(str(summary.exit_code))
+sys.exit(code)
 """
 
 
-def test_a_process_out_of_memory_on_the_model_still_leaves_the_summary(photos, tmp_path):
+def test_a_process_out_of_memory_on_the_model_still_leaves_the_summary(launch):
     """Also: the photos are dealt out in turn, the main process loads the model before the others, and the
     processes wait for each other far longer than the process group's default (the job was killed)."""
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    out = tmp_path / "out"
-    images = [str(photos[f"photo{i}"]) for i in range(4)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [*accelerate_launch(2), str(script), str(out), *images],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=300,
-    )
-    assert re.search(r"exitcode\s*:\s*4 ", proc.stderr), proc.stderr  # photos failed; no crash
+    tmp = launch["tmp"] / "oom"
+    out = tmp / "out"
+    for rank in (0, 1):  # photos failed; no crash
+        assert (tmp / f"exit-{rank}").read_text() == "4", launch["proc"].stderr
     summary = json.loads((out / "summary.json").read_text())
     records = summary["inputs"]
     assert [r["process"] for r in records] == [0, 1, 0, 1]  # dealt out in turn
@@ -466,9 +487,10 @@ def test_a_process_out_of_memory_on_the_model_still_leaves_the_summary(photos, t
     assert sorted(p.name for p in out.glob("*.png")) == sorted(
         f"photo_{i}_{tag}.png" for i in (0, 2) for tag in ("source", "edit0_a_dog")
     )
-    assert json.loads((tmp_path / "second-saw").read_text()) is True  # the main process had loaded first
+    assert json.loads((tmp / "second-saw").read_text()) is True  # the main process had loaded first
+    # the process group the command line set up (the batch above used it too)
     for rank in (0, 1):
-        assert float((tmp_path / f"timeout-{rank}").read_text()) == batch.WAIT_LIMIT.total_seconds() >= 3600
+        assert float((tmp / f"timeout-{rank}").read_text()) == batch.WAIT_LIMIT.total_seconds() >= 3600
 
 
 def test_processes_wait_for_each_other_for_hours(monkeypatch):

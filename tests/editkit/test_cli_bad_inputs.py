@@ -3,7 +3,8 @@ process (one row also as a real process, so the console entry point is covered t
 
 Every row asserts the documented exit code (2 bad input, 3 model not found), a one-line message naming the
 problem, no traceback on stderr, and nothing written outside the output folder (the working folder, which
-holds the inputs, is compared before and after).
+holds the inputs, is compared before and after). A bad input (exit 2) is refused before diffusers is even
+imported (seconds of imports): those rows run with diffusers made unimportable.
 """
 
 from __future__ import annotations
@@ -85,12 +86,7 @@ CASES = [
 ]
 
 
-def run_cli(argv, cwd: Path, capsys, monkeypatch, subprocess_run: bool = False) -> tuple[int, str]:
-    if subprocess_run:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-        proc = subprocess.run([sys.executable, "-m", "editkit.cli", *argv], capture_output=True, text=True,
-                              cwd=cwd, env=env, timeout=300)
-        return proc.returncode, proc.stderr
+def run_cli(argv, cwd: Path, capsys, monkeypatch) -> tuple[int, str]:
     from editkit.cli import main
 
     monkeypatch.chdir(cwd)
@@ -99,19 +95,49 @@ def run_cli(argv, cwd: Path, capsys, monkeypatch, subprocess_run: bool = False) 
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, code, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input(work, tmp_path, capsys, monkeypatch, argv, code, words):
-    out = tmp_path / "out"
-    argv = [a.replace("{work}", str(work)) for a in argv]
-    if "--output" not in argv:
-        argv += ["--output", str(out)]
-    before = snapshot(work)
-    got, err = run_cli([argv[0], *ARGS, *argv[1:]], tmp_path, capsys, monkeypatch, subprocess_run="banana" in argv)
+def check_refused(got: int, err: str, code: int, words, work: Path, before: dict, tmp_path: Path) -> None:
     assert got == code, err
     assert "Traceback" not in err and "internal error" not in err, err
     assert err.strip().splitlines()[0].startswith("editkit: "), err
     for word in words:
         assert word in err, (word, err)
     assert snapshot(work) == before  # nothing written or deleted next to the inputs
+    out = tmp_path / "out"
     assert not out.exists() or not any(out.iterdir())  # nothing in the output folder either
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["out"])  # nor anywhere else in the working folder
+
+
+def row_argv(argv, work: Path, tmp_path: Path) -> list[str]:
+    argv = [a.replace("{work}", str(work)) for a in argv]
+    if "--output" not in argv:
+        argv += ["--output", str(tmp_path / "out")]
+    return [argv[0], *ARGS, *argv[1:]]
+
+
+@pytest.mark.parametrize("argv, code, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(work, tmp_path, capsys, monkeypatch, argv, code, words):
+    argv = row_argv(argv, work, tmp_path)
+    before = snapshot(work)
+    if code == 2:  # refused before the model, and before diffusers, is imported
+        monkeypatch.setitem(sys.modules, "diffusers", None)
+    got, err = run_cli(argv, tmp_path, capsys, monkeypatch)
+    check_refused(got, err, code, words, work, before, tmp_path)
+
+
+def test_bad_input_in_a_real_process(work, tmp_path):
+    """`python -m editkit.cli`: the exit code and the message of the console entry point itself. The same fresh
+    process shows what `import editkit` costs a plain run: accelerate (batch mode only) and diffusers (the
+    model) are never imported, though editkit, editkit.batch and the command line were (``-X importtime``
+    lists every import on stderr; those lines are set apart from the command's own)."""
+    _, argv, code, words = next(c for c in CASES if c[0] == "device-banana")
+    argv = row_argv(argv, work, tmp_path)
+    before = snapshot(work)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "editkit.cli", *argv], capture_output=True,
+                          text=True, cwd=tmp_path, env=env, timeout=300)  # fmt: skip
+    lines = proc.stderr.splitlines(keepends=True)
+    imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+    assert {"editkit", "editkit.batch", "editkit.jobs", "tyro"} <= imported, sorted(imported)[:20]
+    assert "accelerate" not in imported and "diffusers" not in imported
+    err = "".join(line for line in lines if not line.startswith("import time:"))
+    check_refused(proc.returncode, err, code, words, work, before, tmp_path)

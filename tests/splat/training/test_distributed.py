@@ -9,6 +9,8 @@ opacity reset inside the run:
       checkpoint's densification statistics are not zero: they must be the reference's at that step;
       resumed on 2 processes the run must end as the uninterrupted one, and resumed on 1 process with
       batch 2 as the reference.
+The two processes are started once (one ``mp.spawn``, one process group) and run, one after the other, every
+two-process run of this file: the three above, the MCMC run and the disagreement check.
 """
 
 from __future__ import annotations
@@ -22,23 +24,27 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.helpers import one_torch_thread
 from tests.splat.helpers import small_config
 
-STEPS = 40
-STOP_SEEN_AT = 23  # rank 1 alone sees Ctrl-C here; the ranks agree at step 31 and checkpoint step 30
-STOPPED = 30  # between the refine steps 24 and 32: the statistics of steps 25..30 are in the checkpoint
-REFINES = [8, 16, 24, 32]
+STEPS = 20
+STOP_SEEN_AT = 3  # rank 1 alone sees Ctrl-C here; the ranks agree at step 11 and checkpoint step 10
+STOPPED = 10  # between the refine steps 8 and 12: the statistics of steps 9 and 10 are in the checkpoint
+REFINES = [4, 8, 12, 16]
+RESET = 14  # the opacity reset, between two refine steps, after the checkpoint: the resumed runs reset too
+MCMC = dict(strategy="mcmc", cap_max=400, steps=12, means_lr_steps=12, eval_steps=(), save_steps=(12,),
+            learn_background=False)  # fmt: skip
 
 
 def _config(out: Path, **kw):
     settings = dict(
         steps=STEPS,
         means_lr_steps=STEPS,
-        sh_degree_interval=20,
-        refine_start=5,
-        refine_every=8,
-        refine_stop=36,
-        reset_every=20,
+        sh_degree_interval=10,
+        refine_start=2,
+        refine_every=4,
+        refine_stop=18,
+        reset_every=RESET,
         eval_steps=(STEPS,),
         save_steps=(STEPS,),
         ckpt_every=0,
@@ -48,11 +54,12 @@ def _config(out: Path, **kw):
     return small_config(out, **{**settings, **kw})
 
 
-def _worker(rank: int, world: int, store: str, scene: str, cfg, results: str, interrupt: bool) -> None:
-    """One rank: train, and save what the test checks to ``results/rank{rank}.pt``."""
+def _worker(rank: int, world: int, store: str, scene: str, jobs: list, results: str) -> None:
+    """One rank: every run of ``jobs`` in turn, in one process group; what the tests check goes to
+    ``results/{name}-rank{rank}.pt`` (the disagreement check: ``disagree-rank{rank}.txt``)."""
     torch.set_num_threads(1)
     from splat.training.distributed import DistContext
-    from splat.training.trainer import Trainer, TrainingInterrupted
+    from splat.training.trainer import Trainer
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     import splat.training.trainer as trainer_module
@@ -69,38 +76,69 @@ def _worker(rank: int, world: int, store: str, scene: str, cfg, results: str, in
             return real_replace(src, dst, *a, **k)
 
         os.replace = spy
+    ctx = DistContext(rank=rank, world_size=world, local_rank=rank)
+    stopped_at = None
     try:
-        trainer = Trainer(scene, cfg, dist=DistContext(rank=rank, world_size=world, local_rank=rank))
-        snapshots = {}
-
-        def on_step(tr, step, loss, psnr):
-            if tr.densifier.refines_at(step) or tr.densifier.is_reset_step(step):
-                snapshots[step] = {k: v.detach().clone() for k, v in tr.params.items()}
-            if interrupt and rank == 1 and step == STOP_SEEN_AT:
-                tr.request_stop()
-
-        trainer.step_callbacks.append(on_step)
-        stopped_at = None
-        try:
-            trainer.train()
-        except TrainingInterrupted as e:
-            stopped_at = e.step
-        torch.save(
-            {
-                "params": {k: v.detach().clone() for k, v in _trained(trainer).items()},
-                "snapshots": snapshots,
-                "written": written,
-                "metrics": trainer.metrics,
-                "stopped_at": stopped_at,
-                "moments": _moments(trainer),
-            },
-            Path(results) / f"rank{rank}.pt",
-        )
+        for name, cfg, mode in jobs:
+            if mode == "disagree":
+                _disagree(ctx, Path(results, f"{name}-rank{rank}.txt"))
+                continue
+            if mode == "resume":  # from the checkpoint the interrupted run before this one wrote
+                cfg = dataclasses.replace(cfg, resume=Path(cfg.out) / "ckpts" / f"ckpt_{stopped_at:06d}.pt")
+            written.clear()
+            result = _train(Trainer(scene, cfg, dist=ctx), interrupt=mode == "interrupt")
+            stopped_at = result["stopped_at"]
+            torch.save({**result, "written": list(written)}, Path(results) / f"{name}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
     # as splat.training.distributed.end_worker: interpreter finalisation can abort while gloo's thread still
     # releases tensors (SIGABRT seen once in a full-suite run)
     os._exit(0)
+
+
+def _train(trainer, interrupt: bool) -> dict:
+    """One rank's run: its parameters after every refine and reset step, and what it ended with."""
+    from splat.training.trainer import TrainingInterrupted
+
+    snapshots = {}
+
+    def on_step(tr, step, loss, psnr):
+        if tr.densifier.refines_at(step) or tr.densifier.is_reset_step(step):
+            snapshots[step] = {k: v.detach().clone() for k, v in tr.params.items()}
+        if interrupt and tr.dist.rank == 1 and step == STOP_SEEN_AT:
+            tr.request_stop()
+
+    trainer.step_callbacks.append(on_step)
+    stopped_at = None
+    try:
+        trainer.train()
+    except TrainingInterrupted as e:
+        stopped_at = e.step
+    return {
+        "params": {k: v.detach().clone() for k, v in _trained(trainer).items()},
+        "snapshots": snapshots,
+        "metrics": trainer.metrics,
+        "stopped_at": stopped_at,
+        "moments": _moments(trainer),
+    }
+
+
+def _disagree(ctx, result: Path) -> None:
+    """The periodic checksum on two real ranks: identical tensors pass; then rank 1 changes 'scales' by one
+    ulp and 'quats' by more: both ranks stop, naming 'scales', the first tensor that differs."""
+    from splat.training.distributed import RanksDisagree
+
+    tensors = {"means": torch.ones(50, 3), "scales": torch.ones(50, 3), "quats": torch.ones(50, 4)}
+    ctx.check_params_agree(tensors, 7, torch.device("cpu"))  # identical: no error
+    if ctx.rank == 1:
+        tensors["scales"][9, 1] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
+        tensors["quats"][0, 0] = 2.0
+    message = None
+    try:
+        ctx.check_params_agree(tensors, 8, torch.device("cpu"))
+    except RanksDisagree as e:
+        message = str(e)
+    result.write_text(repr(message))
 
 
 def _moments(trainer) -> dict:
@@ -114,14 +152,6 @@ def _moments(trainer) -> dict:
 def _trained(trainer) -> dict:
     """The Gaussians and the learned background colour."""
     return {**dict(trainer.params.items()), "background": trainer.current_background()}
-
-
-def _spawn(tmp: Path, name: str, scene: Path, cfg, interrupt: bool = False) -> list[dict]:
-    results = tmp / f"{name}-results"
-    results.mkdir()
-    args = (2, str(tmp / f"{name}-store"), str(scene), cfg, str(results), interrupt)
-    mp.spawn(_worker, args=args, nprocs=2, join=True)
-    return [torch.load(results / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
 @pytest.fixture(scope="module")
@@ -138,25 +168,37 @@ def runs(synthetic_scene, tmp_path_factory):
             ref_state.update({k: tr.densifier.state[k].clone() for k in ("grad2d", "count")})
 
     ref_trainer.step_callbacks.append(on_step)
-    ref_trainer.train()
-    out = tmp / "two"
-    two = _spawn(tmp, "two", synthetic_scene, _config(out, save_renders=True))
-    stopped = _spawn(tmp, "stopped", synthetic_scene, _config(tmp / "resumed"), interrupt=True)
-    ckpt = tmp / "resumed" / "ckpts" / f"ckpt_{stopped[0]['stopped_at']:06d}.pt"
-    resumed = _spawn(tmp, "resumed", synthetic_scene, _config(tmp / "resumed", resume=ckpt))
+    with one_torch_thread():
+        ref_trainer.train()
+    # every two-process run of this file, in one launch of two processes
+    jobs = [
+        ("two", _config(tmp / "two", save_renders=True), "plain"),
+        ("stopped", _config(tmp / "resumed"), "interrupt"),
+        ("resumed", _config(tmp / "resumed"), "resume"),
+        ("mcmc", _config(tmp / "mcmc", **MCMC), "plain"),
+        ("disagree", None, "disagree"),
+    ]
+    results = tmp / "results"
+    results.mkdir()
+    mp.spawn(
+        _worker, args=(2, str(tmp / "store"), str(synthetic_scene), jobs, str(results)), nprocs=2, join=True
+    )
+    got = {name: [torch.load(results / f"{name}-rank{r}.pt", weights_only=False) for r in range(2)]
+           for name, _, mode in jobs if mode != "disagree"}  # fmt: skip
+    ckpt = tmp / "resumed" / "ckpts" / f"ckpt_{got['stopped'][0]['stopped_at']:06d}.pt"
     # the same checkpoint on 1 process x 2 views (the same global batch)
     one = Trainer(synthetic_scene, _config(tmp / "resumed-one", batch_size=2, lpips=False, resume=ckpt))
-    one.train()
+    with one_torch_thread():
+        one.train()
     return {
         "ref": ref_trainer,
         "ref_state": ref_state,
         "ckpt": ckpt,
         "resumed_one": one,
         "ref_sizes": sizes,
-        "two": two,
-        "two_out": out,
-        "stopped": stopped,
-        "resumed": resumed,
+        "two_out": tmp / "two",
+        "disagree": [(results / f"disagree-rank{r}.txt").read_text() for r in range(2)],
+        **got,
     }
 
 
@@ -167,7 +209,9 @@ def _assert_same(a: dict, b: dict, exact: bool = False) -> None:
             assert torch.equal(a[k], b[k]), k
         else:
             # float sums reordered (the gradient mean over ranks, the statistics' sums): Adam's division by a
-            # tiny second moment lets a few elements in a thousand drift past the tolerance, and no further
+            # tiny second moment can let a few elements in a thousand drift past the tolerance (seen with 40
+            # steps), and no further. With the 20 steps here: none past it, largest difference 2.6e-5 (quats,
+            # 2713 Gaussians; MCMC 1.2e-5)
             far = ~torch.isclose(a[k], b[k], rtol=1e-4, atol=5e-5)
             assert far.float().mean() <= 0.003, f"{k} differs in {int(far.sum())} of {far.numel()} elements"
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=5e-3, msg=f"{k} differs")
@@ -192,7 +236,7 @@ def test_two_processes_batch_one_equal_one_process_batch_two(runs):
 
 def test_ranks_hold_identical_parameters_after_every_refine_step(runs):
     r0, r1 = runs["two"]
-    assert sorted(r0["snapshots"]) == sorted([*REFINES, 20])  # the refine steps and the reset at 20
+    assert sorted(r0["snapshots"]) == sorted([*REFINES, RESET])  # the refine steps and the reset
     for step in r0["snapshots"]:
         _assert_same(r0["snapshots"][step], r1["snapshots"][step], exact=True)
     _assert_same(r0["params"], r1["params"], exact=True)
@@ -252,18 +296,18 @@ def test_only_rank_zero_writes(runs):
     # rank 0 did write through the same calls (the spy sits on rank 1 only; the files above exist)
 
 
-def test_mcmc_relocation_draws_the_same_numbers_on_every_rank(synthetic_scene, tmp_path):
+def test_mcmc_relocation_draws_the_same_numbers_on_every_rank(runs, synthetic_scene, tmp_path):
     """MCMC relocates, adds and perturbs Gaussians with random numbers from the run's generator: every
     rank must draw the same ones (and match one process with the whole batch)."""
     from splat.training.trainer import Trainer
 
-    kw = dict(strategy="mcmc", cap_max=400, steps=24, means_lr_steps=24, eval_steps=(), save_steps=(24,),
-              learn_background=False)  # fmt: skip
-    ref = Trainer(synthetic_scene, _config(tmp_path / "ref", batch_size=2, **kw))
-    ref.train()
+    ref = Trainer(synthetic_scene, _config(tmp_path / "ref", batch_size=2, **MCMC))
+    start = len(ref.params["means"])
+    with one_torch_thread():
+        ref.train()
     ref_params = {k: v.detach() for k, v in ref.params.items()}
-    assert len(ref_params["means"]) > 60  # Gaussians were added (the scene starts with 60 points)
-    r0, r1 = _spawn(tmp_path, "mcmc", synthetic_scene, _config(tmp_path / "two", **kw))
+    assert len(ref_params["means"]) > start  # Gaussians were added
+    r0, r1 = runs["mcmc"]
     _assert_same(r0["params"], r1["params"], exact=True)
     _assert_same(ref_params, r0["params"])
 
@@ -389,31 +433,10 @@ def test_param_checksum_sees_one_ulp_and_a_swap():
         assert not torch.equal(param_checksum(t), param_checksum(other))
 
 
-def _disagree_worker(rank: int, store: str, results: str) -> None:
-    from splat.training.distributed import DistContext, RanksDisagree
-
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    ctx = DistContext(rank=rank, world_size=2, local_rank=rank)
-    tensors = {"means": torch.ones(50, 3), "scales": torch.ones(50, 3), "quats": torch.ones(50, 4)}
-    ctx.check_params_agree(tensors, 7, torch.device("cpu"))  # identical: no error
-    if rank == 1:
-        tensors["scales"][9, 1] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
-        tensors["quats"][0, 0] = 2.0
-    message = None
-    try:
-        ctx.check_params_agree(tensors, 8, torch.device("cpu"))
-    except RanksDisagree as e:
-        message = str(e)
-    dist.destroy_process_group()
-    Path(results, f"rank{rank}.txt").write_text(repr(message))
-    os._exit(0)
-
-
-def test_ranks_that_drift_apart_stop_naming_the_first_tensor(tmp_path):
-    """The periodic checksum: a one-ulp difference on one rank stops both, naming the first tensor."""
-    mp.spawn(_disagree_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        message = (tmp_path / f"rank{rank}.txt").read_text()
+def test_ranks_that_drift_apart_stop_naming_the_first_tensor(runs):
+    """The periodic checksum: a one-ulp difference on one rank stops both, naming the first tensor (see
+    _disagree, run by both ranks of the module's launch)."""
+    for message in runs["disagree"]:
         assert "ranks disagree at step 8: parameter 'scales' differs" in message, message
 
 
@@ -502,25 +525,20 @@ def test_prepare_builds_the_training_cache(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (cache / "undistorted").rglob("*") if p.is_file()} == files
 
 
-def test_rank_agreement_check_runs_on_cpu():
-    """benchmarks/check_rank_agreement.py on the CPU: the update repeats bit for bit, 2 gloo ranks agree after
-    the reduction, and a one-ulp change on one rank is named."""
-    import subprocess
+def test_rank_agreement_check_runs_on_cpu(monkeypatch, capsys):
+    """benchmarks/check_rank_agreement.py on the CPU (its main, in this process; it starts its 2 gloo ranks
+    itself): the update repeats bit for bit, 2 gloo ranks agree after the reduction, and a one-ulp change on
+    one rank is named."""
+    import importlib
     import sys
 
-    repo = Path(__file__).resolve().parents[3]
-    cmd = [
-        sys.executable,
-        str(repo / "benchmarks" / "check_rank_agreement.py"),
-        "--device",
-        "cpu",
-        "--gaussians",
-        "3000",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()
+    benchmarks = Path(__file__).resolve().parents[3] / "benchmarks"
+    monkeypatch.setattr(sys, "path", [str(benchmarks), *sys.path])  # the ranks import the script by name
+    monkeypatch.delitem(sys.modules, "check_rank_agreement", raising=False)
+    script = importlib.import_module("check_rank_agreement")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert script.main(["--device", "cpu", "--gaussians", "3000"]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("update on cpu: bits equal")
     assert "ranks: checksums equal after the reduction [2 ranks on cpu (gloo)]" in lines
     assert any("a one-ulp difference is named" in line and "'scales'" in line for line in lines)
