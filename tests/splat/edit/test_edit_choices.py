@@ -213,15 +213,17 @@ def test_consistency_renders_each_views_depth_once(trainer, monkeypatch):
 
 def test_edit_time_excludes_first_inversions_and_includes_the_render(run, smooth, tmp_path):
     """With every UNet call 0.4 s longer and every render 0.5 s longer: one edit (2 UNet calls: strength 0.25 of
-    8 steps) and its render take >= 1.3 s, a first-time inversion (8 calls) another 3.2 s. Observed: 1.40-1.43 s,
-    up to 2.9 s for the first edits of a process on a loaded machine (two threads); the bound, 3.7 s, leaves
-    2.4 s for the real work and is 0.8 s below what the inversion mutation gives (>= 4.5 s). Also: while the
+    8 steps) and its render take >= 1.3 s, a first-time inversion (8 calls) another 3.2 s. One edit is timed (its
+    view's first inversion included in the run, not in its time). Observed: 1.40-1.43 s, up to 2.9 s for the
+    first edits of a process on a loaded machine (two threads); one edit alone 1.71-2.00 s at a load average of
+    6.5-8 on the 2-core machine (the mean of two edits there: 1.68-2.21 s); the bound, 3.7 s, leaves 2.4 s for
+    the real work and is 0.8 s below what the inversion mutation gives (>= 4.5 s). Also: while the
     edit trains, no Model read from a file is alive (the run's model the trainer started from, with its Adam
     moments, is dropped). Mutations caught: the inversion counted in the edit's time; the render left out (on
     an idle machine: 0.8 s + the work); ``del model`` removed (two Models)."""
     from splat.gaussians.model import Model
 
-    cfg = settings(tmp_path / "cache", steps=8, strength=0.25, iterations=2, edit_every=1)
+    cfg = settings(tmp_path / "cache", steps=8, strength=0.25, iterations=1, edit_every=1)
     models = []
 
     def slow_render(trainer):
@@ -246,7 +248,7 @@ def test_edit_time_excludes_first_inversions_and_includes_the_render(run, smooth
         res = edit_scene(run, DEMO, cfg, tmp_path / "out", pipe=smooth, on_start=slow_render)
     finally:
         sleepy.close()
-    assert res.inversions_computed == 2 and res.views_edited == 2
+    assert res.inversions_computed == 1 and res.views_edited == 1
     print("seconds per edit", res.seconds_per_edit)
     assert 1.3 <= res.seconds_per_edit < 3.7
     assert models == [0]  # no model read from a file is alive: the trainer's own is made in memory
