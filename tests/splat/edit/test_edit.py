@@ -154,7 +154,7 @@ def blend_runs(run, sharp, tmp_path_factory):
     """cat -> dog with a local blend on the `sharp` model, twice with the same seed."""
     root = tmp_path_factory.mktemp("blend")
     cfg = settings(root / "cache", blend_words=("cat",), blend_target_words=("dog",), blend_threshold=0.6,
-                   iterations=20, **FAST)  # fmt: skip
+                   iterations=10, **FAST)  # fmt: skip
     first = edit_scene(run, DEMO, cfg, root / "first", pipe=sharp)
     second = edit_scene(run, DEMO, cfg, root / "second", pipe=sharp)
     return first, second
@@ -163,7 +163,7 @@ def blend_runs(run, sharp, tmp_path_factory):
 def test_local_blend_keeps_the_photos_outside_the_mask_exactly(run, blend_runs, photos):
     first, _ = blend_runs
     images = edited_images(first.out)
-    assert len(images) == 10  # 20 steps, one edit per 2, each view at most once
+    assert len(images) == 5  # 10 steps, one edit per 2, each view at most once
     inside_changed, coverage = [], []
     for stem, image in images.items():
         mask = np.asarray(Image.open(first.out / "edited_images" / f"{stem}_mask.png"))[..., 0] > 127
@@ -172,6 +172,8 @@ def test_local_blend_keeps_the_photos_outside_the_mask_exactly(run, blend_runs, 
         coverage.append(mask.mean())
         inside_changed.append(np.abs(image[mask].astype(int) - photo[mask].astype(int)).mean())
     print("mask coverage", np.round(coverage, 2), "mean change inside", np.round(inside_changed, 1))
+    # measured (5 views, edit seeds 0-3; 10 views alike): coverage 0.88 in every view (the `sharp` model's
+    # attention hardly depends on the image), mean change inside 26.5 levels at least
     assert 0.05 < np.mean(coverage) < 0.95  # a real mask: neither nothing nor everything
     assert min(inside_changed) > 3.0  # and the edit did change what is inside it
 
