@@ -82,28 +82,40 @@ def neighbours(viewmats: Tensor, k: int) -> list[list[int]]:
 
 
 @torch.no_grad()
+def view_geometry(trainer, views) -> dict[int, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """For each training view index in ``views``: ``(K, viewmat, depth [H, W], opacity [H, W])`` on the trainer's
+    device, from ``trainer``'s current Gaussians (what :func:`multiview_consistency` warps with). Computed once,
+    it serves every set of images of the same views scored against the same Gaussians (``geometry=``)."""
+    p = trainer.params
+    g = {"means": p["means"], "quats": p["quats"], "scales": torch.exp(p["scales"]),
+         "opacities": torch.sigmoid(p["opacities"])}  # fmt: skip
+    dev = trainer.device
+    geo = {}
+    for i in sorted(views):
+        f = trainer.train_set[i]
+        K, vm = f.K.to(dev), f.viewmat.to(dev)
+        depth, alpha = render_depth(g, K, vm, f.width, f.height, trainer.cfg.backend)
+        geo[i] = (K, vm, depth, alpha)
+    return geo
+
+
+@torch.no_grad()
 def multiview_consistency(trainer, images: dict[int, Tensor], k: int = 2, min_alpha: float = 0.5,
-                          depth_tol: float = 0.05, min_pixels: int = 16) -> dict:  # fmt: skip
+                          depth_tol: float = 0.05, min_pixels: int = 16, geometry: dict | None = None) -> dict:  # fmt: skip
     """Masked PSNR of each training image in ``images`` (view index -> uint8 ``[H, W, 3]``) warped into its
     ``k`` nearest training views among ``images`` and compared there with theirs, with ``trainer``'s current
-    Gaussians' depth (see the module docstring).
+    Gaussians' depth (see the module docstring). ``geometry``: :func:`view_geometry` of (at least) these views
+    with the same Gaussians, to score several sets of images without rendering the depth again.
 
     Returns ``{"psnr": mean dB over the pairs, "pairs": pairs counted, "coverage": mean fraction of the
     destination's pixels compared, "neighbours": k}``; ``psnr`` is None when no pair has ``min_pixels``.
     """
-    p = trainer.params
-    g = {"means": p["means"], "quats": p["quats"], "scales": torch.exp(p["scales"]),
-         "opacities": torch.sigmoid(p["opacities"])}  # fmt: skip
-    backend = trainer.cfg.backend
     views = sorted(images)
-    frames = {i: trainer.train_set[i] for i in views}
     dev = trainer.device
-    geo = {}
-    for i in views:
-        f = frames[i]
-        K, vm = f.K.to(dev), f.viewmat.to(dev)
-        depth, alpha = render_depth(g, K, vm, f.width, f.height, backend)
-        geo[i] = (K, vm, depth, alpha)
+    geo = geometry if geometry is not None else {}
+    missing = [i for i in views if i not in geo]
+    if missing:
+        geo = {**geo, **view_geometry(trainer, missing)}
     near = neighbours(torch.stack([geo[i][1] for i in views]), k)
     scores, coverage = [], []
     for a, i in enumerate(views):

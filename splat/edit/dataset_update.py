@@ -327,12 +327,13 @@ def edit_scene(
         if pairs.is_dir() else None
     after = trainer.metrics.get(str(end), {})
     # 6. Multi-view consistency of the edited training images (the edited scene's depth carries each into
-    # its neighbours), and of the same views' photos as the reference
-    from splat.edit.consistency import multiview_consistency
+    # its neighbours), and of the same views' photos as the reference: one depth render per view serves both
+    from splat.edit.consistency import multiview_consistency, view_geometry
 
     edited = {int(i): image for i, image in state["images"].items()}
-    consistency = multiview_consistency(trainer, edited)
-    consistency["photos_psnr"] = multiview_consistency(trainer, {i: photos[i] for i in edited})["psnr"]
+    geometry = view_geometry(trainer, edited)
+    consistency = multiview_consistency(trainer, edited, geometry=geometry)
+    consistency["photos_psnr"] = multiview_consistency(trainer, {i: photos[i] for i in edited}, geometry=geometry)["psnr"]
     summary = EditResult(
         out=out,
         checkpoint=result.checkpoint,

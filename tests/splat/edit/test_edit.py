@@ -59,14 +59,20 @@ def settings(cache: Path, **kw) -> EditConfig:
 FAST = dict(steps=4, strength=0.75)
 
 
+# every training view edited once, one per step: half the training steps of one edit per 2 steps, for a
+# smaller change of the scene (measured below, at both settings)
+EVERY_VIEW_ONCE = dict(iterations=31, edit_every=1)
+
+
 @pytest.fixture(scope="module")
 def smooth_runs(run, smooth, tmp_path_factory):
     """An identity edit, then the real edit (cat -> dog) from the same inversion cache, with UNet calls."""
     root = tmp_path_factory.mktemp("smooth")
     calls = UNetCalls(smooth)
-    same, n_same = calls.during(lambda: edit_scene(run, DEMO, settings(root / "cache", target=SOURCE, **FAST), root / "same",
-                                                   pipe=smooth))  # fmt: skip
-    dog, n_dog = calls.during(lambda: edit_scene(run, DEMO, settings(root / "cache", **FAST), root / "dog", pipe=smooth))
+    same_cfg = settings(root / "cache", target=SOURCE, **FAST, **EVERY_VIEW_ONCE)
+    same, n_same = calls.during(lambda: edit_scene(run, DEMO, same_cfg, root / "same", pipe=smooth))
+    dog_cfg = settings(root / "cache", **FAST, **EVERY_VIEW_ONCE)
+    dog, n_dog = calls.during(lambda: edit_scene(run, DEMO, dog_cfg, root / "dog", pipe=smooth))
     return {"root": root, "same": same, "dog": dog, "calls": (n_same, n_dog)}
 
 
@@ -103,16 +109,19 @@ def edited_images(out: Path) -> dict[str, np.ndarray]:
 def test_identity_edit_leaves_the_scene_as_it_was(smooth_runs):
     same, dog = smooth_runs["same"], smooth_runs["dog"]
     start, end = start_step(same), start_step(same) + same.steps
-    assert same.views_edited == 31  # every training view once (62 steps, one edit per 2)
+    assert same.views_edited == 31  # every training view once (31 steps, one edit per step)
     before = renders(same.out, start)
     after_same, after_dog = renders(same.out, end), renders(dog.out, end)
     assert len(before) == 5
     same_db = [psnr(after_same[k], before[k]) for k in before]
     dog_db = [psnr(after_dog[k], before[k]) for k in before]
     print("held-out renders after vs before (dB): identity", np.round(same_db, 1), "cat -> dog", np.round(dog_db, 1))
-    # an identity edit gives back each view's render: the scene is trained on its own renders
+    # an identity edit gives back each view's render: the scene is trained on its own renders. Measured over
+    # the run's training seeds 42 (the fixture's), 1 and 2: identity 41.9-42.9 dB at least, the real edit's
+    # mean 5.97-7.49 dB below the identity's (one edit per 2 steps over 62 steps: 40.6 and 8.9 dB); with the
+    # edited images never given to the trainer both runs are the same run (0 dB)
     assert min(same_db) > 35.0
-    assert np.mean(dog_db) < np.mean(same_db) - 6.0  # 4x the squared change: the real edit moves the scene
+    assert np.mean(dog_db) < np.mean(same_db) - 4.0  # 2.5x the squared change: the real edit moves the scene
 
 
 def test_inversions_are_cached_and_reused(smooth_runs):
@@ -134,8 +143,9 @@ def test_real_edit_changes_the_training_images_and_the_colours(run, smooth_runs,
     changed = {k: np.abs(v.astype(int) - photos[k].astype(int)).mean() for k, v in edited_images(dog.out).items()}
     kept = {k: np.abs(v.astype(int) - photos[k].astype(int)).mean() for k, v in edited_images(same.out).items()}
     assert len(changed) == len(kept) == 31
-    # the identity edit's images are the renders (~9 levels from the photos on average at 64 px), the real
-    # edit's a visible change of every view (~27 levels measured)
+    # the identity edit's images are the renders (~9 levels from the photos on average at 64 px, the farthest
+    # 9.9-10.5 over the run's training seeds 42, 1, 2), the real edit's a visible change of every view (24.3-25.1
+    # levels at least)
     assert min(changed.values()) > max(15.0, 2 * max(kept.values())), (min(changed.values()), max(kept.values()))
     colours = {name: read_checkpoint(r.checkpoint)["params"]["sh0"] for name, r in (("same", same), ("dog", dog))}
     saved = read_checkpoint(find_model_file(run))["params"]
@@ -143,10 +153,11 @@ def test_real_edit_changes_the_training_images_and_the_colours(run, smooth_runs,
     moved = {k: float((c - saved["sh0"])[shown].abs().mean()) for k, c in colours.items()}
     print("mean |change| of the opaque Gaussians' SH DC colours:", moved)
     # both runs go on training the same steps on the same views in the same order; only the images differ.
-    # The identity run's colours still move (its unedited views train on the photos, measured 0.014), the
-    # real edit's by ~2x that (0.030; each view is edited once, the last ones a step before the end); with the
-    # edited images never given to the trainer, both runs train on the photos alike (ratio 1)
-    assert moved["dog"] > 1.5 * moved["same"], moved
+    # The identity run's colours still move (its unedited views train on the photos: 0.0108-0.0109 over the
+    # run's training seeds 42, 1, 2), the real edit's by ~1.5x that (0.0163-0.0167, ratio 1.51-1.52; each view
+    # is edited once, the last one at the last step; one edit per 2 steps over 62 steps: 0.014 and 0.030, ratio
+    # 2.1); with the edited images never given to the trainer, both runs train on the photos alike (ratio 1)
+    assert moved["dog"] > 1.3 * moved["same"], moved
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +165,7 @@ def blend_runs(run, sharp, tmp_path_factory):
     """cat -> dog with a local blend on the `sharp` model, twice with the same seed."""
     root = tmp_path_factory.mktemp("blend")
     cfg = settings(root / "cache", blend_words=("cat",), blend_target_words=("dog",), blend_threshold=0.6,
-                   iterations=20, **FAST)  # fmt: skip
+                   iterations=10, **FAST)  # fmt: skip
     first = edit_scene(run, DEMO, cfg, root / "first", pipe=sharp)
     second = edit_scene(run, DEMO, cfg, root / "second", pipe=sharp)
     return first, second
@@ -163,7 +174,7 @@ def blend_runs(run, sharp, tmp_path_factory):
 def test_local_blend_keeps_the_photos_outside_the_mask_exactly(run, blend_runs, photos):
     first, _ = blend_runs
     images = edited_images(first.out)
-    assert len(images) == 10  # 20 steps, one edit per 2, each view at most once
+    assert len(images) == 5  # 10 steps, one edit per 2, each view at most once
     inside_changed, coverage = [], []
     for stem, image in images.items():
         mask = np.asarray(Image.open(first.out / "edited_images" / f"{stem}_mask.png"))[..., 0] > 127
@@ -172,6 +183,8 @@ def test_local_blend_keeps_the_photos_outside_the_mask_exactly(run, blend_runs, 
         coverage.append(mask.mean())
         inside_changed.append(np.abs(image[mask].astype(int) - photo[mask].astype(int)).mean())
     print("mask coverage", np.round(coverage, 2), "mean change inside", np.round(inside_changed, 1))
+    # measured (5 views, edit seeds 0-3; 10 views alike): coverage 0.88 in every view (the `sharp` model's
+    # attention hardly depends on the image), mean change inside 26.5 levels at least
     assert 0.05 < np.mean(coverage) < 0.95  # a real mask: neither nothing nor everything
     assert min(inside_changed) > 3.0  # and the edit did change what is inside it
 
