@@ -143,8 +143,9 @@ def test_missing_images_folder_points_at_loose_photos(tmp_path):
 
 @needs_cup
 def test_exif_rotated_photos_are_made_upright(tmp_path):
-    """Half of the photos are stored sideways with an EXIF orientation that says how to turn them back."""
-    scene = photo_scene(tmp_path, cup_names(step=2, count=12), size=480)
+    """Half of the photos are stored sideways with an EXIF orientation that says how to turn them back. Eight
+    photos (measured with mapper seeds 0 and 1: 8/8 registered; twelve took 1.8 times the CPU time)."""
+    scene = photo_scene(tmp_path, cup_names(step=2, count=8), size=480)
     for name in sorted((scene / "images").iterdir())[::2]:
         with Image.open(name) as im:
             sideways = im.transpose(Image.Transpose.ROTATE_90)  # counter-clockwise; orientation 6 undoes it
@@ -152,7 +153,7 @@ def test_exif_rotated_photos_are_made_upright(tmp_path):
         exif[0x0112] = 6
         sideways.save(name, quality=92, exif=exif)
     summary = prepare(scene, quiet(camera_mode="single", min_registered_fraction=0.8))
-    assert summary.upright_copies and summary.num_registered >= 10, summary
+    assert summary.upright_copies and summary.num_registered >= 7, summary
     rec = pycolmap.Reconstruction(scene / "sparse" / "0")
     assert {(c.width, c.height) for c in rec.cameras.values()} == {(480, 360)}  # landscape, as shot
 

@@ -68,8 +68,11 @@ def test_learned_background_is_checkpointed_and_resumed_exactly(sky_scene, tmp_p
 def test_demo_short_schedule_the_learned_background_clears_the_haze(tmp_path):
     """The demo's held-out haze was its sky: featureless, so SfM has no points there, and behind a black
     background the Gaussians painted it, as floaters in front of the held-out cameras. On a short version of
-    the demo's own schedule (its splat.json, 120 steps at 64 px) the learned background must win by a wide
-    margin (measured: 20.3 dB against 16.1 dB)."""
+    the demo's own schedule (its splat.json, 60 steps at 64 px) the learned background must win by a wide
+    margin. The colour starts black as in the demo; its learning rate is 0.15 instead of 0.05, since the demo's
+    600 steps give it time to travel the ~9 logit units from black to the sky that 60 steps at 0.05 cannot.
+    Measured at seeds 42 / 0 / 1: 19.9 / 20.3 / 20.1 dB against 13.2 / 12.6 / 13.6 dB (120 steps at 0.05:
+    20.3 against 16.1 dB at seed 42, 19.9 against 18.1 dB at seed 0)."""
     import dataclasses
     import shutil
 
@@ -79,11 +82,11 @@ def test_demo_short_schedule_the_learned_background_clears_the_haze(tmp_path):
     shutil.copytree(REPO / "assets" / "demo", scene)  # caches land in the copy, not in the repository
     demo = scene_config(scene)
     assert demo.learn_background  # the demo's configuration turns it on
-    steps = 120
+    steps = 60
     short = dataclasses.replace(
         demo, device="cpu", progress=False, lpips=False, max_width=64, steps=steps, means_lr_steps=steps,
         sh_degree_interval=steps // 4, refine_start=steps // 6, refine_every=steps // 6, refine_stop=steps * 3 // 4,
-        reset_every=0, eval_steps=(steps,), save_steps=(), ckpt_every=0, save_renders=False,
+        reset_every=0, eval_steps=(steps,), save_steps=(), ckpt_every=0, save_renders=False, background_lr=0.15,
     )  # fmt: skip
     psnr = {}
     for learn in (True, False):
