@@ -43,7 +43,6 @@ def served(chromium, tiny_model_dirs):
     app = build_app(str(tiny_model_dirs["sd1"]), device="cpu", default_steps=2)
     assert app.editkit_model.pipe is not None, app.editkit_model.error
     port = free_port()
-    app.queue()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", app
     app.close()
