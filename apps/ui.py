@@ -731,7 +731,8 @@ def launch(
         print(f"editkit-ui: warning: serving on {host} without a password: anyone who can reach this machine can "
               "use it. Pass --auth USER:PASSWORD.", file=sys.stderr)
     app = build_app(model, device=device, dtype=dtype, default_steps=default_steps)
-    app.queue()
+    # gr.Blocks sets up its queue (Gradio's defaults, which the progress and Cancel rely on) when it is made;
+    # calling app.queue() again only built the server app a fourth time
     # quiet: Gradio's own banner advises `share=True` in `launch()`; our flag is --share, said below
     app.launch(server_name=host, server_port=port, share=share, auth=auth, prevent_thread_lock=True, quiet=True,
                footer_links=[], max_file_size=f"{max_upload_mb}mb", **launch_kwargs)

@@ -33,7 +33,6 @@ def served(chromium, tmp_path_factory):
     app = build_app(str(model), device="cpu", default_steps=2)
     assert app.editkit_model.pipe is not None, app.editkit_model.error
     port = free_port()
-    app.queue()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", app
     app.close()
