@@ -52,3 +52,14 @@ def sdxl(tiny_model_dirs):
     from editkit import load_pipeline
 
     return load_pipeline(tiny_model_dirs["sdxl"], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def playwright_driver():
+    """One Playwright driver for the whole run. Its sync API runs an event loop in this thread, so a second
+    driver cannot start while one is up: the browser fixtures (tests/apps, tests/splat/view) each launch their
+    own Chromium from this one."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p

@@ -34,15 +34,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(playwright_driver):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (scripts/test.sh installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    browser = playwright_driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
 
 
 @pytest.fixture(scope="module")
