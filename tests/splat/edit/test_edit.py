@@ -291,7 +291,7 @@ def test_viewer_shows_each_edited_view_in_its_camera(run, smooth, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     seen = {}
-    res = edit_with_viewer(run, DEMO, settings(tmp_path / "cache", iterations=4), tmp_path / "out", port=port,
+    res = edit_with_viewer(run, DEMO, settings(tmp_path / "cache", iterations=4, **FAST), tmp_path / "out", port=port,
                            wait=False, pipe=smooth, on_ready=lambda v: seen.setdefault("viewer", v))  # fmt: skip
     viewer = seen["viewer"]
     images = edited_images(res.out)
@@ -308,7 +308,7 @@ def test_interrupted_edit_resumes_to_the_uninterrupted_result(run, smooth, tmp_p
     from splat.gaussians.checkpoint import read_checkpoint
     from splat.training.trainer import TrainingInterrupted
 
-    cfg = settings(tmp_path / "cache", iterations=12, edit_every=3)
+    cfg = settings(tmp_path / "cache", iterations=12, edit_every=3, **FAST)
     whole = edit_scene(run, DEMO, cfg, tmp_path / "whole", pipe=smooth)
 
     def stop_after_7_steps(trainer):  # as Ctrl-C does: the step in progress finishes, then a checkpoint
