@@ -205,10 +205,13 @@ def test_edit_is_reproducible_for_a_seed(blend_runs):
 
 
 def test_plug_and_play_edits_the_scene(run, smooth, photos, tmp_path):
-    cfg = settings(tmp_path / "cache", method="pnp", target="a watercolor painting of a dog", iterations=6)
+    cfg = settings(tmp_path / "cache", method="pnp", target="a watercolor painting of a dog", iterations=6,
+                   **FAST)  # fmt: skip
     res = edit_scene(run, DEMO, cfg, tmp_path / "pnp", pipe=smooth)
     images = edited_images(res.out)
     assert res.views_edited == 3 and len(images) == 3
+    # measured 29.0-31.9 levels from the photos (edit seeds 0-2; 10 steps at 0.5: 28.1-30.9); the render itself,
+    # what an edit that changes nothing gives, ~9-10
     assert all(np.abs(v.astype(int) - photos[k].astype(int)).mean() > 10 for k, v in images.items())
     assert (res.out / "point_cloud").is_dir() and (res.out / "before_after" / "contact_sheet.png").is_file()
 
