@@ -77,6 +77,29 @@ def wait_in_page(page, predicate: str, arg=None, timeout: float = TIMEOUT_MS):
 
 HAS_TEXT = "([sel, text]) => (document.querySelector(sel)?.textContent ?? '').replace(/\\s+/g, ' ').includes(text)"
 IS_SHOWN = "sel => !!document.querySelector(sel)?.checkVisibility()"
+# While a run is going, Gradio keeps the previous status text in the element, under its status tracker (shown:
+# the tracker's class is without "hide"), so the text alone cannot tell this run's status from the last one.
+# Watched from before the click, the run has ended once a tracker in the element was busy and none is now.
+WATCH_RUN = """sel => {
+  const el = document.querySelector(sel), watch = {busy: false};
+  const busy = t => !t.classList.contains('hide');
+  const trackers = () => [...el.querySelectorAll('[data-testid=status-tracker]')];
+  new MutationObserver(records => {
+    for (const r of records)
+      if (r.type === 'attributes' && r.target.matches('[data-testid=status-tracker]')
+          && (!(r.oldValue || '').split(/\\s+/).includes('hide') || busy(r.target)))
+        watch.busy = true;
+    if (trackers().some(busy))
+      watch.busy = true;
+  }).observe(el, {subtree: true, childList: true, attributes: true, attributeFilter: ['class'],
+                  attributeOldValue: true});
+  (window.__runWatch = window.__runWatch || {})[sel] = watch;
+}"""
+RUN_ENDED = """([sel, text]) => {
+  const el = document.querySelector(sel);
+  const idle = [...el.querySelectorAll('[data-testid=status-tracker]')].every(t => t.classList.contains('hide'));
+  return !!window.__runWatch?.[sel]?.busy && idle && el.textContent.replace(/\\s+/g, ' ').includes(text);
+}"""
 
 
 def expect_text(page, selector: str, text: str, timeout: float = EXPECT_MS):
@@ -188,8 +211,15 @@ def set_number(page, elem_id: str, value):
 
 
 def run_and_expect(page, prefix: str, text: str):
+    """Run the tab and wait for this run's status (not the one left by the run before) to contain ``text``."""
+    from playwright.sync_api import expect
+
+    status = f"#{prefix}-status"
+    page.evaluate(WATCH_RUN, status)
     page.click(f"#{prefix}-run")
-    expect_text(page, f"#{prefix}-status", text, timeout=TIMEOUT_MS)
+    ended = wait_in_page(page, RUN_ENDED, [status, text], TIMEOUT_MS)
+    expect(page.locator(status)).to_contain_text(text, timeout=1_000)
+    assert ended, f"{status} shows {text!r} from the run before: this run did not end in {TIMEOUT_MS // 1000} s"
 
 
 def open_tab(page, name: str):
