@@ -25,6 +25,7 @@ from PIL import Image
 pytestmark = pytest.mark.browser
 
 TIMEOUT_MS = 120_000  # one edit is a few seconds on the tiny model; 2 shared CPU cores can be slow
+EXPECT_MS = 5_000  # how long Playwright's expect waits by default: for what the page answers without an edit
 needs_inversion = pytest.mark.skipif(importlib.util.find_spec("editkit.inversion") is None,
                                      reason="editkit.inversion not available")
 needs_pnp = pytest.mark.skipif(importlib.util.find_spec("editkit.pnp") is None, reason="editkit.pnp not available")
@@ -59,9 +60,61 @@ def new_tab(profile):
     return tab
 
 
+def wait_in_page(page, predicate: str, arg=None, timeout: float = TIMEOUT_MS):
+    """Wait until the JavaScript ``predicate(arg)`` holds, checked by the page itself at every animation frame,
+    and say whether it did (the caller's assertion then says what the page shows). Playwright's own waits
+    (expect, wait_for_selector) poll from the driver with a backoff that reaches 0.5 s once a wait has lasted
+    0.3 s: measured here, the status of an edit was seen 0.2 s after it changed on average (up to 0.46 s), and
+    0.04 s after with this wait; the tests wait so for about thirty edits, uploads and page loads."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(predicate, arg=arg, timeout=timeout)
+        return True
+    except PlaywrightTimeout:
+        return False
+
+
+HAS_TEXT = "([sel, text]) => (document.querySelector(sel)?.textContent ?? '').replace(/\\s+/g, ' ').includes(text)"
+IS_SHOWN = "sel => !!document.querySelector(sel)?.checkVisibility()"
+# While a run is going, Gradio keeps the previous status text in the element, under its status tracker (shown:
+# the tracker's class is without "hide"), so the text alone cannot tell this run's status from the last one.
+# Watched from before the click, the run has ended once a tracker in the element was busy and none is now.
+WATCH_RUN = """sel => {
+  const el = document.querySelector(sel), watch = {busy: false};
+  const busy = t => !t.classList.contains('hide');
+  const trackers = () => [...el.querySelectorAll('[data-testid=status-tracker]')];
+  new MutationObserver(records => {
+    for (const r of records)
+      if (r.type === 'attributes' && r.target.matches('[data-testid=status-tracker]')
+          && (!(r.oldValue || '').split(/\\s+/).includes('hide') || busy(r.target)))
+        watch.busy = true;
+    if (trackers().some(busy))
+      watch.busy = true;
+  }).observe(el, {subtree: true, childList: true, attributes: true, attributeFilter: ['class'],
+                  attributeOldValue: true});
+  (window.__runWatch = window.__runWatch || {})[sel] = watch;
+}"""
+RUN_ENDED = """([sel, text]) => {
+  const el = document.querySelector(sel);
+  const idle = [...el.querySelectorAll('[data-testid=status-tracker]')].every(t => t.classList.contains('hide'));
+  return !!window.__runWatch?.[sel]?.busy && idle && el.textContent.replace(/\\s+/g, ' ').includes(text);
+}"""
+
+
+def expect_text(page, selector: str, text: str, timeout: float = EXPECT_MS):
+    """The element's text comes to contain ``text`` within ``timeout`` ms (waited for in the page, then asserted
+    by Playwright)."""
+    from playwright.sync_api import expect
+
+    wait_in_page(page, HAS_TEXT, [selector, text], timeout)
+    expect(page.locator(selector)).to_contain_text(text, timeout=1_000)
+
+
 def load_app(tab, server, ready: str = "#gen-run"):
     """Load the app in ``tab``: a new Gradio session, every input at its default."""
     tab.goto(server)
+    wait_in_page(tab, IS_SHOWN, ready)
     tab.wait_for_selector(ready)
     return tab
 
@@ -158,10 +211,15 @@ def set_number(page, elem_id: str, value):
 
 
 def run_and_expect(page, prefix: str, text: str):
+    """Run the tab and wait for this run's status (not the one left by the run before) to contain ``text``."""
     from playwright.sync_api import expect
 
+    status = f"#{prefix}-status"
+    page.evaluate(WATCH_RUN, status)
     page.click(f"#{prefix}-run")
-    expect(page.locator(f"#{prefix}-status")).to_contain_text(text, timeout=TIMEOUT_MS)
+    ended = wait_in_page(page, RUN_ENDED, [status, text], TIMEOUT_MS)
+    expect(page.locator(status)).to_contain_text(text, timeout=1_000)
+    assert ended, f"{status} shows {text!r} from the run before: this run did not end in {TIMEOUT_MS // 1000} s"
 
 
 def open_tab(page, name: str):
@@ -169,10 +227,8 @@ def open_tab(page, name: str):
 
 
 def upload(page, prefix: str, path, note: str = "px"):
-    from playwright.sync_api import expect
-
     page.locator(f"#{prefix}-image input[type=file]").set_input_files(str(path))
-    expect(page.locator(f"#{prefix}-photo-note")).to_contain_text(note)
+    expect_text(page, f"#{prefix}-photo-note", note)
 
 
 def test_model_and_device_are_shown(page):
@@ -232,9 +288,12 @@ def test_token_heatmap_is_shown_large_for_the_chosen_token(page):
     assert box["width"] >= 300 and box["height"] >= 300, box  # readable in the page, not a 6 px label
     page.locator("#gen-map-token input").click()
     page.get_by_role("option", name="5: bicycle").click()  # the target's tokens: start, a, dog, riding, a, ...
+    wait_in_page(page, "src => document.querySelector('#gen-token-map img')?.getAttribute('src') !== src", before,
+                 EXPECT_MS)
     expect(image).not_to_have_attribute("src", before)
     page.locator("#gen-map-prompt input").click()
     page.get_by_role("option", name="source").click()
+    wait_in_page(page, "() => document.querySelector('#gen-map-token input')?.value === '1: a'", None, EXPECT_MS)
     expect(page.locator("#gen-map-token input")).to_have_value("1: a")
 
 
@@ -288,17 +347,13 @@ def test_progress_advances_and_cancel_frees_the_lock_within_a_step(page, served)
     freed_after = time.monotonic() - cancelled_at
     # freed at the next denoising step (plus the page round trip), not after the remaining ~95 steps
     assert not lock.locked() and freed_after < 2 * step_time + 2.0, (freed_after, step_time)
-    from playwright.sync_api import expect
-
-    expect(page.locator("#gen-status")).to_contain_text("Cancelled")
+    expect_text(page, "#gen-status", "Cancelled")
     set_number(page, "gen-steps", 2)
     run_and_expect(page, "gen", "Done")  # the model is free for the next run
 
 
 @needs_inversion
 def test_unreadable_and_oversized_uploads_are_named(page, tmp_path):
-    from playwright.sync_api import expect
-
     open_tab(page, "Edit a photo (P2P)")
     text = tmp_path / "notes.png"
     text.write_text("this is a text file, not a picture")
@@ -308,7 +363,7 @@ def test_unreadable_and_oversized_uploads_are_named(page, tmp_path):
     run_and_expect(page, "p2p", "not an image file")
     page.locator("#p2p-image").get_by_role("button", name="Clear").click()  # a filled box shows the file, not the input
     upload(page, "p2p", huge_png(tmp_path / "huge.png"), "too large")
-    expect(page.locator("#p2p-photo-note")).to_contain_text("megapixels")
+    expect_text(page, "#p2p-photo-note", "megapixels")
     run_and_expect(page, "p2p", "megapixels")
 
 
@@ -323,7 +378,7 @@ def test_photo_p2p_reuses_inversion_and_sessions_are_separate(browser_profile, s
 
     upload(page, "p2p", photo, "centre-cropped")  # 56x40: the note says it will be cropped
     page.locator("#p2p-keep-aspect input").check()
-    expect(page.locator("#p2p-photo-note")).to_contain_text("aspect ratio kept")
+    expect_text(page, "#p2p-photo-note", "aspect ratio kept")
     page.locator("#p2p-inversion").get_by_text("negative-prompt", exact=True).click()
     run_and_expect(page, "p2p", "Inversion computed")
     expect(page.locator("#p2p-result img")).to_have_count(2)
@@ -347,7 +402,7 @@ def test_photo_p2p_reuses_inversion_and_sessions_are_separate(browser_profile, s
     finally:
         other.close()
     run_and_expect(page, "p2p", "Done")
-    expect(page.locator("#p2p-status")).to_contain_text("Inversion reused")
+    expect_text(page, "#p2p-status", "Inversion reused")
 
 
 @needs_pnp

@@ -11,6 +11,7 @@ import pytest
 
 from tests.apps.test_ui_browser import (
     TIMEOUT_MS,
+    expect_text,
     fill,
     free_port,
     load_app,
@@ -75,8 +76,6 @@ def test_flowedit_edit_of_a_photo(page, tmp_path):
 
 
 def test_flowedit_progress_advances_and_cancel_frees_the_model(page, served):
-    from playwright.sync_api import expect
-
     lock = served[1].editkit_model.lock
     page.locator("#flow-run").scroll_into_view_if_needed()
     set_number(page, "flow-steps", 100)  # 66 FlowEdit steps of 4 noise draws: long enough to cancel
@@ -92,7 +91,7 @@ def test_flowedit_progress_advances_and_cancel_frees_the_model(page, served):
     assert len(seen) >= 2 and seen == sorted(seen), seen
     assert lock.locked(), "the run ended before it could be cancelled"
     page.click("#flow-cancel")
-    expect(page.locator("#flow-status")).to_contain_text("Cancelled")
+    expect_text(page, "#flow-status", "Cancelled")
     assert not lock.locked()
     set_number(page, "flow-steps", 2)
     set_number(page, "flow-n-avg", 1)
