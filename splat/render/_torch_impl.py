@@ -26,11 +26,13 @@ Notation (3DGS paper -> code):
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 # Real spherical-harmonics constants (the same basis as the original 3DGS and gsplat).
 SH_C0 = 0.28209479177387814
@@ -76,36 +78,39 @@ def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
 
 def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:
     """Evaluate real SH of the given degree. coeffs [..., K, 3] (K >= (degree+1)^2), dirs [..., 3] -> [..., 3]."""
-    result = SH_C0 * coeffs[..., 0, :]
+    # one unbind rather than a select per coefficient: the backward then stacks the coefficients'
+    # gradients once instead of adding each into its own zero-filled copy of the whole tensor
+    coeffs = coeffs.unbind(-2)
+    result = SH_C0 * coeffs[0]
     if degree < 1:
         return result
     d = F.normalize(dirs, dim=-1)
     x, y, z = d[..., 0:1], d[..., 1:2], d[..., 2:3]
     result = (
-        result - SH_C1 * y * coeffs[..., 1, :] + SH_C1 * z * coeffs[..., 2, :] - SH_C1 * x * coeffs[..., 3, :]
+        result - SH_C1 * y * coeffs[1] + SH_C1 * z * coeffs[2] - SH_C1 * x * coeffs[3]
     )
     if degree < 2:
         return result
     xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
     result = (
         result
-        + SH_C2[0] * xy * coeffs[..., 4, :]
-        + SH_C2[1] * yz * coeffs[..., 5, :]
-        + SH_C2[2] * (2 * zz - xx - yy) * coeffs[..., 6, :]
-        + SH_C2[3] * xz * coeffs[..., 7, :]
-        + SH_C2[4] * (xx - yy) * coeffs[..., 8, :]
+        + SH_C2[0] * xy * coeffs[4]
+        + SH_C2[1] * yz * coeffs[5]
+        + SH_C2[2] * (2 * zz - xx - yy) * coeffs[6]
+        + SH_C2[3] * xz * coeffs[7]
+        + SH_C2[4] * (xx - yy) * coeffs[8]
     )
     if degree < 3:
         return result
     return (
         result
-        + SH_C3[0] * y * (3 * xx - yy) * coeffs[..., 9, :]
-        + SH_C3[1] * xy * z * coeffs[..., 10, :]
-        + SH_C3[2] * y * (4 * zz - xx - yy) * coeffs[..., 11, :]
-        + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[..., 12, :]
-        + SH_C3[4] * x * (4 * zz - xx - yy) * coeffs[..., 13, :]
-        + SH_C3[5] * z * (xx - yy) * coeffs[..., 14, :]
-        + SH_C3[6] * x * (xx - 3 * yy) * coeffs[..., 15, :]
+        + SH_C3[0] * y * (3 * xx - yy) * coeffs[9]
+        + SH_C3[1] * xy * z * coeffs[10]
+        + SH_C3[2] * y * (4 * zz - xx - yy) * coeffs[11]
+        + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[12]
+        + SH_C3[4] * x * (4 * zz - xx - yy) * coeffs[13]
+        + SH_C3[5] * z * (xx - yy) * coeffs[14]
+        + SH_C3[6] * x * (xx - 3 * yy) * coeffs[15]
     )
 
 
@@ -244,6 +249,7 @@ def _composite_tiles(
     tile_size: int,
     max_elements: int = 1 << 18,
     absgrad: Tensor | None = None,  # [N, 2]
+    _reference: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Front-to-back alpha compositing of one camera -> image [H, W, D], alpha [H, W].
 
@@ -255,7 +261,11 @@ def _composite_tiles(
     ``absgrad``, a buffer [N, 2], receives AbsGS's absolute screen-space gradient during the backward
     pass: for each Gaussian, ``sum over pixels |dL/d mean2d|`` taken per pixel and per axis before the sum
     (the plain gradient sums the signed per-pixel terms, which cancel across an edge). A pixel's term is
-    the gradient reaching its offset ``dx`` / ``dy`` (``d dx / d mean2d_x = 1``), read by a tensor hook.
+    the gradient reaching its offset ``dx`` / ``dy`` (``d dx / d mean2d_x = 1``).
+
+    Each chunk is composited by :class:`_CompositeChunk`, whose backward is written out by hand;
+    ``_reference=True`` composites with plain autograd instead (:func:`_composite_chunk_autograd`, the
+    readable definition, kept as the reference the hand-written gradient is tested against).
     """
     D = rgb.shape[-1]
     dev, dtype = means2d.device, means2d.dtype
@@ -293,7 +303,12 @@ def _composite_tiles(
     rank_of_tile = torch.empty_like(by_count)
     rank_of_tile[by_count] = torch.arange(T, device=dev)
     rank = rank_of_tile[tile_ids]  # [I] position of each intersection's tile in the sorted order
+    # intersections in chunk order (stable: tile by tile, each tile's in depth order), so that a chunk's are
+    # one slice: starts[r] is the first intersection of the tile of rank r
+    order = torch.argsort(rank, stable=True)
+    rank, local, owner = rank[order], local[order], vis[gauss[order]]
     counts = per_tile[by_count].tolist()
+    starts = [0, *itertools.accumulate(counts)]
     out_img, out_acc = [], []
     t0 = 0
     while t0 < T:
@@ -304,28 +319,21 @@ def _composite_tiles(
             break
         t1 = min(T, t0 + max(1, max_elements // (kmax * P)))
         with torch.no_grad():
-            sel = (rank >= t0) & (rank < t1)
+            sel = slice(starts[t0], starts[t1])
             slot = torch.zeros(t1 - t0, kmax, dtype=torch.long, device=dev)  # [t, K] padded index
             valid = torch.zeros(t1 - t0, kmax, dtype=torch.bool, device=dev)
-            slot[rank[sel] - t0, local[sel]] = vis[gauss[sel]]
+            slot[rank[sel] - t0, local[sel]] = owner[sel]
             valid[rank[sel] - t0, local[sel]] = True
             tiles = by_count[t0:t1]  # [t]
-        mu = means2d[slot]  # [t, K, 2]
-        con = conics[slot]  # [t, K, 3]
-        dx = mu[..., 0:1] - px[tiles, None, :]  # [t, K, P]
-        dy = mu[..., 1:2] - py[tiles, None, :]
-        if absgrad is not None and dx.requires_grad:
-            _add_abs_grad_hooks(dx, dy, slot, valid, absgrad)
-        sigma = 0.5 * (con[..., 0:1] * dx * dx + con[..., 2:3] * dy * dy) + con[..., 1:2] * dx * dy
-        alpha = torch.clamp_max(opacities[slot][..., None] * torch.exp(-sigma), ALPHA_MAX)  # [t, K, P]
-        keep = (sigma >= 0) & (alpha >= ALPHA_MIN) & valid[..., None]
-        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-        t_incl = torch.cumprod(1 - alpha, dim=1)  # transmittance after each Gaussian   [t, K, P]
-        t_excl = torch.cat([torch.ones_like(t_incl[:, :1]), t_incl[:, :-1]], dim=1)  # T_i, before it
-        # the rasterizer stops at the first Gaussian that would bring T to or below T_MIN
-        weight = alpha * t_excl * (t_incl > T_MIN)  # alpha_i * T_i   [t, K, P]
-        out_img.append(torch.einsum("tkp,tkd->tpd", weight, rgb[slot]))  # [t, P, D]
-        out_acc.append(weight.sum(1))  # [t, P]
+        args = (means2d[slot], conics[slot], opacities[slot], rgb[slot], px[tiles], py[tiles], valid)  # [t, K, ...]
+        if _reference:
+            img, acc = _composite_chunk_autograd(*args, slot, absgrad)
+        elif torch.is_grad_enabled() and any(a.requires_grad for a in args[:4]):
+            img, acc = _CompositeChunk.apply(*args, slot, absgrad)
+        else:
+            img, acc, _ = _composite_chunk_forward(*args)
+        out_img.append(img)  # [t, P, D]
+        out_acc.append(acc)  # [t, P]
         t0 = t1
     unsort = rank_of_tile  # sorted position of each tile, in raster order
 
@@ -335,6 +343,161 @@ def _composite_tiles(
         return a.reshape(n_ty * tile_size, n_tx * tile_size, *rest)[:height, :width]
 
     return untile(torch.cat(out_img)[unsort]), untile(torch.cat(out_acc)[unsort])
+
+
+def _composite_chunk_autograd(
+    mu: Tensor,  # [t, K, 2]
+    con: Tensor,  # [t, K, 3]
+    op: Tensor,  # [t, K]
+    col: Tensor,  # [t, K, D]
+    px: Tensor,  # [t, P] pixel centres
+    py: Tensor,  # [t, P]
+    valid: Tensor,  # [t, K] bool: False on padding
+    slot: Tensor,  # [t, K] Gaussian index of each pair (for absgrad)
+    absgrad: Tensor | None,  # [N, 2]
+) -> tuple[Tensor, Tensor]:
+    """One chunk of tiles composited by plain autograd -> image [t, P, D], accumulated alpha [t, P].
+
+    The definition :class:`_CompositeChunk` computes (same values) with a hand-written backward.
+    """
+    dx = mu[..., 0:1] - px[:, None, :]  # [t, K, P]
+    dy = mu[..., 1:2] - py[:, None, :]
+    if absgrad is not None and dx.requires_grad:
+        _add_abs_grad_hooks(dx, dy, slot, valid, absgrad)
+    sigma = 0.5 * (con[..., 0:1] * dx * dx + con[..., 2:3] * dy * dy) + con[..., 1:2] * dx * dy
+    alpha = torch.clamp_max(op[..., None] * torch.exp(-sigma), ALPHA_MAX)  # [t, K, P]
+    keep = (sigma >= 0) & (alpha >= ALPHA_MIN) & valid[..., None]
+    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+    t_incl = torch.cumprod(1 - alpha, dim=1)  # transmittance after each Gaussian   [t, K, P]
+    t_excl = torch.cat([torch.ones_like(t_incl[:, :1]), t_incl[:, :-1]], dim=1)  # T_i, before it
+    # the rasterizer stops at the first Gaussian that would bring T to or below T_MIN
+    weight = alpha * t_excl * (t_incl > T_MIN)  # alpha_i * T_i   [t, K, P]
+    return torch.einsum("tkp,tkd->tpd", weight, col), weight.sum(1)
+
+
+def _composite_chunk_forward(
+    mu: Tensor, con: Tensor, op: Tensor, col: Tensor, px: Tensor, py: Tensor, valid: Tensor, for_backward=False
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """:func:`_composite_chunk_autograd`'s forward, bit for bit, without autograd and mostly in place.
+
+    The same operations in the same order (so the same float results), reusing a few [t, K, P] buffers.
+    With ``for_backward``, also returns what :class:`_CompositeChunk`'s backward needs: the alphas, the
+    weights ``w_i = alpha_i T_i m_i`` and the pairs that pass no gradient to alpha's input (skipped, or
+    clamped to ALPHA_MAX).
+    """
+    dx = mu[..., 0:1] - px[:, None, :]  # [t, K, P]
+    dy = mu[..., 1:2] - py[:, None, :]
+    sigma = con[..., 0:1] * dx
+    sigma *= dx
+    tmp = con[..., 2:3] * dy
+    tmp *= dy
+    sigma += tmp
+    sigma *= 0.5
+    torch.mul(con[..., 1:2], dx, out=tmp)
+    tmp *= dy
+    sigma += tmp  # 0.5 (a dx^2 + c dy^2) + b dx dy
+    del dx, dy
+    alpha = torch.neg(sigma, out=tmp).exp_()
+    alpha *= op[..., None]
+    clamped = alpha > ALPHA_MAX if for_backward else None
+    alpha.clamp_max_(ALPHA_MAX)
+    keep = sigma >= 0
+    del sigma
+    keep &= alpha >= ALPHA_MIN
+    keep &= valid[..., None]
+    dropped = keep.logical_not_()
+    alpha.masked_fill_(dropped, 0.0)
+    t_incl = torch.cumprod(1 - alpha, dim=1)  # transmittance after each Gaussian   [t, K, P]
+    weight = torch.empty_like(alpha)  # alpha_i T_i with T_i = t_incl[i - 1] (1 for the first)
+    weight[:, :1] = alpha[:, :1]
+    torch.mul(alpha[:, 1:], t_incl[:, :-1], out=weight[:, 1:])
+    weight *= t_incl > T_MIN  # the stop mask
+    del t_incl
+    img = torch.einsum("tkp,tkd->tpd", weight, col)
+    acc = weight.sum(1)
+    if not for_backward:
+        return img, acc, ()
+    no_grad = dropped.logical_or_(clamped)  # d alpha / d (o exp(-sigma)) = 0 there
+    return img, acc, (alpha, weight, no_grad)
+
+
+class _CompositeChunk(torch.autograd.Function):
+    """:func:`_composite_chunk_autograd` with a hand-written backward (the 3DGS compositing gradient).
+
+    With ``s_i = c_i . g + g_acc`` per pixel (``g`` the image's gradient, ``g_acc`` the accumulated
+    alpha's) and ``w_i = alpha_i T_i m_i`` (``m`` the T_MIN stop mask, a constant):
+    ``dL/dc_i = sum_p w_i g`` and
+    ``dL/d alpha_i = m_i T_i s_i - 1/(1 - alpha_i) sum_{j>i} w_j s_j`` (a reverse cumulative sum along K).
+    Then through ``alpha = min(o e^-sigma, ALPHA_MAX)`` (zero where clamped or skipped), whose input
+    ``o e^-sigma`` equals alpha wherever the gradient passes, so ``dL/d sigma = -alpha dL/d alpha`` and
+    ``dL/d o = sum_p alpha dL/d alpha / o``; and through the quadratic form
+    ``sigma = a dx^2 / 2 + b dx dy + c dy^2 / 2`` to the conic and to ``dx = mean_x - pixel_x`` (and dy).
+    AbsGS's ``sum_p |dL/d dx|`` (and dy) is added to ``absgrad`` here when it is given.
+    """
+
+    @staticmethod
+    def forward(ctx, mu, con, op, col, px, py, valid, slot, absgrad):
+        img, acc, (alpha, weight, no_grad) = _composite_chunk_forward(mu, con, op, col, px, py, valid, True)
+        ctx.save_for_backward(mu, con, op, col, px, py, valid, slot, alpha, weight, no_grad)
+        ctx.absgrad = absgrad
+        return img, acc
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_img, g_acc):
+        mu, con, op, col, px, py, valid, slot, alpha, weight, no_grad = ctx.saved_tensors
+        need_mu, need_con, need_op, need_col = ctx.needs_input_grad[:4]
+        absgrad = ctx.absgrad if need_mu else None
+        grad_mu = grad_con = grad_op = grad_col = None
+        if need_col:
+            grad_col = torch.bmm(weight, g_img)  # [t, K, D]
+        if not (need_mu or need_con or need_op or absgrad is not None):
+            return grad_mu, grad_con, grad_op, grad_col, None, None, None, None, None
+        ws = torch.bmm(col, g_img.transpose(1, 2))  # c_i . g   [t, K, P]
+        ws += g_acc[:, None, :]
+        ws *= weight  # w_i s_i
+        suffix = ws.flip(1).cumsum(1)  # suffix[:, k] = sum_{j >= K-1-k} w_j s_j
+        r = 1 - alpha
+        torch.div(alpha, r, out=r)  # alpha_i / (1 - alpha_i)
+        r[:, :-1] *= suffix[:, :-1].flip(1)  # * sum_{j > i} w_j s_j
+        r[:, -1:] = 0.0
+        del suffix
+        ga = ws.sub_(r)  # alpha_i dL/d alpha_i
+        del r
+        ga.masked_fill_(no_grad, 0.0)  # = -dL/d sigma
+        # Sums over a tile's pixels of ga times 1, dx, dy, dx^2, dx dy, dy^2 (sigma's derivatives), as one
+        # batched matrix product: with the tile's centre (ox, oy), dx = (mean_x - ox) - (px - ox) = ex - u,
+        # so each sum is a polynomial in (ex, ey) of the pixel moments of ga: sum ga u^i v^j.
+        ox = (px.amin(-1, keepdim=True) + px.amax(-1, keepdim=True)) / 2  # [t, 1] (exact: half-pixel grid)
+        oy = (py.amin(-1, keepdim=True) + py.amax(-1, keepdim=True)) / 2
+        u, v = px - ox, py - oy  # [t, P]
+        basis = torch.stack([torch.ones_like(u), u, v, u * u, u * v, v * v], dim=-1)  # [t, P, 6]
+        m0, mu_, mv, muu, muv, mvv = torch.bmm(ga, basis).unbind(-1)  # [t, K] each
+        ex, ey = mu[..., 0] - ox, mu[..., 1] - oy  # [t, K]
+        a, b, c = con.unbind(-1)  # [t, K]
+        if need_op:  # ga.sum = o dL/do: alpha = o e^-sigma wherever the gradient passes
+            grad_op = torch.where(op != 0, m0 / op, torch.zeros_like(op))
+        if need_con:  # d sigma / d(a, b, c) = (dx^2 / 2, dx dy, dy^2 / 2)
+            sxx = ex * ex * m0 - 2 * ex * mu_ + muu
+            sxy = ex * ey * m0 - ex * mv - ey * mu_ + muv
+            syy = ey * ey * m0 - 2 * ey * mv + mvv
+            grad_con = torch.stack([-0.5 * sxx, -sxy, -0.5 * syy], dim=-1)
+        if need_mu:  # d sigma / d dx = a dx + b dy, d sigma / d dy = b dx + c dy
+            sx, sy = ex * m0 - mu_, ey * m0 - mv
+            grad_mu = torch.stack([-(a * sx + b * sy), -(b * sx + c * sy)], dim=-1)
+        if absgrad is not None:  # |dL/d dx| = |ga (a dx + b dy)| per pixel, summed over the tile's
+            dx = mu[..., 0:1] - px[:, None, :]  # [t, K, P]
+            dy = mu[..., 1:2] - py[:, None, :]
+            gdx, gdy = ga * dx, ga * dy
+            rows = slot[valid]
+            for axis, (p, q, gp, gq) in enumerate(((a, b, gdx, gdy), (c, b, gdy, gdx))):
+                per_pixel = gp * p[..., None]
+                per_pixel += gq * q[..., None]
+                per_pair = per_pixel.abs_().sum(-1)[valid]
+                absgrad.index_put_(
+                    (rows, torch.full_like(rows, axis)), per_pair.to(absgrad.dtype), accumulate=True
+                )
+        return grad_mu, grad_con, grad_op, grad_col, None, None, None, None, None
 
 
 def _add_abs_grad_hooks(dx: Tensor, dy: Tensor, slot: Tensor, valid: Tensor, absgrad: Tensor) -> None:
