@@ -387,24 +387,24 @@ def _composite_chunk_forward(
     """
     dx = mu[..., 0:1] - px[:, None, :]  # [t, K, P]
     dy = mu[..., 1:2] - py[:, None, :]
-    sigma = con[..., 0:1] * dx
-    sigma *= dx
+    # -sigma, exactly: rounding is symmetric, so -(0.5 q + r) = (-0.5 q) - r bit for bit
+    neg_sigma = con[..., 0:1] * dx
+    neg_sigma *= dx
     tmp = con[..., 2:3] * dy
     tmp *= dy
-    sigma += tmp
-    sigma *= 0.5
+    neg_sigma += tmp
+    neg_sigma *= -0.5
     torch.mul(con[..., 1:2], dx, out=tmp)
     tmp *= dy
-    sigma += tmp  # 0.5 (a dx^2 + c dy^2) + b dx dy
-    del dx, dy
-    alpha = torch.neg(sigma, out=tmp).exp_()
-    alpha *= op[..., None]
+    neg_sigma -= tmp  # -(0.5 (a dx^2 + c dy^2) + b dx dy)
+    del dx, dy, tmp
+    keep = neg_sigma <= 0  # sigma >= 0
+    # padding pairs get opacity 0: their alpha is 0 (or NaN), below ALPHA_MIN, so they are skipped as before
+    alpha = neg_sigma.exp_()
+    alpha *= op.masked_fill(~valid, 0.0)[..., None]
     clamped = alpha > ALPHA_MAX if for_backward else None
     alpha.clamp_max_(ALPHA_MAX)
-    keep = sigma >= 0
-    del sigma
     keep &= alpha >= ALPHA_MIN
-    keep &= valid[..., None]
     dropped = keep.logical_not_()
     alpha.masked_fill_(dropped, 0.0)
     t_incl = torch.cumprod(1 - alpha, dim=1)  # transmittance after each Gaussian   [t, K, P]
