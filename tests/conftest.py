@@ -11,7 +11,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One torch thread in the test process (subprocesses the tests start keep torch's default). The tests' tensors
+# are small; with two OpenMP threads every op waits for both, and on a 2-core machine whose other core is busy
+# (a helper process, a browser, a server thread of the test) that wait is long: see tests.helpers.one_torch_thread.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SCENES = REPO.parent / "shared" / "scenes"

@@ -6,11 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.splat.helpers import make_synthetic_scene
-
-torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session", autouse=True)
