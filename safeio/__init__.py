@@ -5,7 +5,9 @@ Every file the project writes goes through :func:`atomic_path` (or the helpers b
 goes to a temporary file beside the target (``.NAME.<random>.tmp``), is flushed, given the permissions
 a plain ``open()`` would have given it (``0o666 & ~umask``) and renamed over the target, so a reader
 sees the old file or the new one, never half of one. A kill leaves at most a ``.tmp`` file, which
-:func:`remove_stale_temps` cleans up on the next run.
+:func:`remove_stale_temps` cleans up on the next run. A whole folder written at once (a COLMAP model, a
+cache) is moved into place the same way by :func:`replace_dir`. Nothing outside this module renames a file
+or folder into place (``tests/test_renames_through_safeio.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "make_owned_dir",
     "remove_owned_dir",
     "remove_stale_temps",
+    "replace_dir",
     "umask_mode",
 ]
 
@@ -153,3 +156,50 @@ def remove_owned_dir(path: str | os.PathLike, owner: str) -> bool:
         raise OwnershipError(f"refusing to delete {path}: it was not created by {owner}")
     shutil.rmtree(path)
     return True
+
+
+def replace_dir(new: str | os.PathLike, target: str | os.PathLike, owner: str | None = None) -> Path:
+    """Move the finished folder ``new`` to ``target``, replacing what is there; returns ``target``.
+
+    ``new`` must be on the same file system (create it beside ``target``, e.g. with ``tempfile.mkdtemp(dir=
+    target's parent)``). Its files reach the disk first and it gets the permissions ``mkdir`` would have given
+    it (``0o777 & ~umask``; ``mkdtemp`` makes folders private). An existing ``target`` is moved aside
+    (``.NAME.old-<random>`` beside it), ``new`` renamed into its place, and only then is the old one deleted:
+    if the rename fails, the old one is put back and the error raised, so ``target`` is never lost. A symbolic
+    link at ``target`` is replaced, never followed. With ``owner``, an existing ``target`` is replaced only if
+    :func:`make_owned_dir` made it for that owner (else :class:`OwnershipError`, and nothing is touched).
+    ``OSError`` s become :class:`WriteError` naming ``target``.
+    """
+    new, target = Path(new), Path(target)
+    exists = target.exists() or target.is_symlink()
+    if owner is not None and exists:
+        mark = target / _OWNER_MARK
+        if target.is_symlink() or not target.is_dir() or not mark.is_file() or mark.read_text().strip() != owner:
+            raise OwnershipError(f"refusing to replace {target}: it was not created by {owner}")
+    try:
+        for root, _, files in os.walk(new):
+            for name in files:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        os.chmod(new, umask_mode(0o777))
+        aside = None
+        if exists:
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rename(target, aside / target.name)
+        try:
+            os.rename(new, target)
+        except BaseException:
+            if aside is not None:
+                os.rename(aside / target.name, target)
+                aside.rmdir()
+            raise
+    except OSError as e:
+        if isinstance(e, WriteError):
+            raise
+        raise WriteError(e.errno, _describe(e, target)) from e
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return target

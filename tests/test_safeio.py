@@ -71,3 +71,66 @@ def test_owned_dirs(tmp_path):
     with pytest.raises(safeio.OwnershipError):
         safeio.remove_owned_dir(link, owner="splat")
     assert (foreign / "precious").exists()
+
+
+def _folder(path, text):
+    path.mkdir()
+    (path / "sub").mkdir()
+    (path / "sub" / "data.txt").write_text(text)
+    return path
+
+
+def test_replace_dir_swaps_a_folder_in_and_follows_the_umask(tmp_path):
+    import tempfile
+
+    target = _folder(tmp_path / "model", "old")
+    new = tempfile.mkdtemp(dir=tmp_path)  # private (0o700), as mkdtemp makes it
+    (tmp_path / new / "data.txt").write_text("new")
+    old_umask = os.umask(0o022)
+    try:
+        assert safeio.replace_dir(new, target) == target
+    finally:
+        os.umask(old_umask)
+    assert (target / "data.txt").read_text() == "new" and not (target / "sub").exists()
+    assert (target.stat().st_mode & 0o777) == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left beside it
+    fresh = _folder(tmp_path / "fresh", "first")
+    safeio.replace_dir(fresh, tmp_path / "placed")  # nothing there before
+    assert (tmp_path / "placed" / "sub" / "data.txt").read_text() == "first"
+
+
+def test_replace_dir_puts_the_old_folder_back_when_the_move_fails(tmp_path, monkeypatch):
+    """Mutation caught: the old folder not moved back (target missing after the failure)."""
+    target = _folder(tmp_path / "model", "old")
+    new = _folder(tmp_path / ".model.tmp", "new")
+    rename = os.rename
+
+    def failing(src, dst):
+        if os.fspath(src) == os.fspath(new):
+            raise OSError(28, "No space left on device")
+        rename(src, dst)
+
+    monkeypatch.setattr(safeio.os, "rename", failing)
+    with pytest.raises(safeio.WriteError, match="model: no space left"):
+        safeio.replace_dir(new, target)
+    assert (target / "sub" / "data.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.tmp", "model"]  # no ".model.old-*" left
+
+
+def test_replace_dir_with_an_owner_replaces_only_its_own_folder(tmp_path):
+    """Mutation caught: the owner not checked (the user's folder replaced)."""
+    foreign = _folder(tmp_path / "undistorted", "precious")
+    new = safeio.make_owned_dir(tmp_path / ".undistorted.tmp", owner="splat")
+    with pytest.raises(safeio.OwnershipError, match="not created by splat"):
+        safeio.replace_dir(new, foreign, owner="splat")
+    assert (foreign / "sub" / "data.txt").read_text() == "precious" and new.is_dir()
+    owned = safeio.replace_dir(new, tmp_path / "cache", owner="splat")  # nothing there: fine
+    again = safeio.make_owned_dir(tmp_path / ".cache.tmp", owner="splat")
+    (again / "v2").write_text("x")
+    safeio.replace_dir(again, owned, owner="splat")  # its own folder: replaced
+    assert (owned / "v2").is_file()
+    link = tmp_path / "link"
+    link.symlink_to(owned)
+    with pytest.raises(safeio.OwnershipError):
+        safeio.replace_dir(safeio.make_owned_dir(tmp_path / ".l.tmp", owner="splat"), link, owner="splat")
+    assert link.is_symlink() and (owned / "v2").is_file()  # the link and what it points at are untouched

@@ -57,7 +57,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps
 
-from safeio import OwnershipError, WriteError, atomic_write_text, make_owned_dir, remove_owned_dir
+from safeio import (
+    OwnershipError,
+    WriteError,
+    atomic_write_text,
+    make_owned_dir,
+    remove_owned_dir,
+    replace_dir,
+)
 from splat.config import how_to_raise, limit
 
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
@@ -654,9 +661,7 @@ def undistort_to_cache(model_dir: Path, image_dir: Path, cache_root: Path) -> Pa
         with stderr_to(logfile):
             pycolmap.undistort_images(output_path=str(tmp), input_path=str(source), image_path=str(image_dir))
         atomic_write_text(tmp / "source.json", json.dumps({"fingerprint": fp, "source": str(model_dir)}))
-        if target.exists() or target.is_symlink():
-            remove_owned_dir(target, CACHE_OWNER)
-        os.replace(tmp, target)
+        replace_dir(tmp, target, owner=CACHE_OWNER)  # the old cache goes only once the new one is in place
     except OwnershipError:
         remove_owned_dir(tmp, CACHE_OWNER)
         raise SceneError(

@@ -46,7 +46,14 @@ import pycolmap
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from safeio import OwnershipError, atomic_path, atomic_write_text, make_owned_dir, remove_owned_dir
+from safeio import (
+    OwnershipError,
+    atomic_path,
+    atomic_write_text,
+    make_owned_dir,
+    remove_owned_dir,
+    replace_dir,
+)
 from splat.config import how_to_raise, limit
 from splat.scene.colmap import (
     CACHE_OWNER,
@@ -556,23 +563,16 @@ def _map(database: Path, image_dir: Path, out_dir: Path, num_images: int, cfg: P
 
 
 def _write_model_atomically(rec: pycolmap.Reconstruction, model_dir: Path) -> None:
+    """Write the model into a folder beside ``model_dir``, then move it into place (``safeio.replace_dir``: an
+    existing model, only replaced with overwrite=True, is deleted once the new one is there)."""
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.tmp-", dir=model_dir.parent))
-    old = None
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private
         rec.write_binary(tmp)
-        if model_dir.exists():  # only reached with overwrite=True
-            old = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.old-", dir=model_dir.parent))
-            model_dir.rename(old / model_dir.name)
-        tmp.rename(model_dir)
+        replace_dir(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not model_dir.exists():
-            (old / model_dir.name).rename(model_dir)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
