@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import signal
 import sys
 import tempfile
 import threading
@@ -742,11 +743,28 @@ def launch(
     elif block:
         print("editkit-ui: pass --share for a public gradio.live link; Ctrl-C stops", file=sys.stderr)
     if block:
-        try:
-            app.block_thread()
-        finally:
-            app.editkit_sessions.close_all()
+        _serve_until_stopped(app)
     return app
+
+
+def _serve_until_stopped(app) -> None:
+    """Serve until Ctrl-C (SIGINT) or SIGTERM, then close the server and remove every session's download folder.
+
+    Both signals get a handler while serving, whatever was installed before: started as a shell script's
+    background job the process inherits SIGINT ignored, and SIGTERM's default (what ``docker stop`` and
+    systemd send) would end it without removing the folders."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt  # Gradio's block_thread closes the server on it
+
+    signals = [signal.SIGINT, signal.SIGTERM]
+    previous = {sig: signal.signal(sig, stop) for sig in signals}
+    try:
+        app.block_thread()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        app.editkit_sessions.close_all()
 
 
 def main(argv=None) -> int:
