@@ -18,18 +18,10 @@ import pytest
 import torch
 
 from splat.cli import main
-from tests.helpers import one_torch_thread
 from tests.splat.commands.catalogue import DEMO, tree
 
 FAST = ["--device", "cpu", "--no-progress", "--no-lpips", "--max-width", "32", "--steps", "2"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread (tests.helpers.one_torch_thread: two spin against each other on a busy 2-core machine;
-    measured there, a 4-iteration `splat edit` of the tiny model took 30 CPU seconds with two, 2.2 with one)."""
-    with one_torch_thread():
-        yield
 
 
 # -- scene mutations -----------------------------------------------------------------------------------

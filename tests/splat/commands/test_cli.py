@@ -10,16 +10,6 @@ import pytest
 
 from splat.cli import main
 from splat.commands.train import parse_train
-from tests.helpers import one_torch_thread
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread (tests.helpers.one_torch_thread: two spin against each other on a busy 2-core machine;
-    measured there, a 4-iteration `splat edit` of the tiny model took 30 CPU seconds with two, 2.2 with one)."""
-    with one_torch_thread():
-        yield
-
 
 HELP_SCRIPT = """
 import contextlib, io, json, sys

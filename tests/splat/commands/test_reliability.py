@@ -23,19 +23,12 @@ import pytest
 import torch
 
 from splat.cli import main
-from tests.helpers import one_torch_thread, png_header_only
+from tests.helpers import png_header_only
 from tests.splat.commands.catalogue import DEMO, assert_refused, run_cli, tree
 
 FAST = ["--device", "cpu", "--no-progress", "--no-lpips", "--max-width", "32"]
 GIB = 2**30
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread (tests.helpers.one_torch_thread: two spin against each other on a busy 2-core machine;
-    measured there, a 4-iteration `splat edit` of the tiny model took 30 CPU seconds with two, 2.2 with one)."""
-    with one_torch_thread():
-        yield
 
 
 # One child process runs every case whose peak memory is checked, each through ``splat.cli.main``: before a case

@@ -8,15 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import one_torch_thread
-
 DEMO = Path(__file__).resolve().parents[3] / "assets" / "demo"
-
-
-@pytest.fixture(scope="package", autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -42,8 +34,7 @@ def run(tmp_path_factory) -> Path:
         refine_start=50, refine_stop=150, refine_every=50, reset_every=0, eval_steps=(300,), save_steps=(300,),
         ckpt_every=0, learn_background=True, means_lr_steps=300, init_scale=1.0, save_renders=False,
     )  # fmt: skip
-    with one_torch_thread():  # made before the package's fixtures
-        Trainer(DEMO, cfg).train()
+    Trainer(DEMO, cfg).train()
     return out
 
 
