@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
 @contextmanager
@@ -22,6 +28,20 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def headless_chromium(driver, *extra_args: str):
+    """Debian's chromium, headless, launched from the Playwright ``driver`` (Playwright's own browser download
+    is not needed) with ``extra_args`` and closed after the block. The test is skipped only when no chromium
+    binary is installed (``scripts/test.sh`` installs it)."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (scripts/test.sh installs Debian's chromium)")
+    browser = driver.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 def png_header_only(path: Path, width: int, height: int) -> Path:

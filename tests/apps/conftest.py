@@ -9,22 +9,15 @@ installs it).
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from tests.helpers import headless_chromium
 
 
 @pytest.fixture(scope="package")
 def chromium(playwright_driver):
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (scripts/test.sh installs Debian's chromium)")
-    browser = playwright_driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    yield browser
-    browser.close()
+    with headless_chromium(playwright_driver, "--disable-gpu") as browser:
+        yield browser
 
 
 @pytest.fixture(scope="package")

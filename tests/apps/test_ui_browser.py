@@ -270,7 +270,6 @@ def test_generate_and_edit_then_bad_input_keeps_the_result(page):
 
 
 def test_token_heatmap_is_shown_large_for_the_chosen_token(page):
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
     fill(page, "gen-source", "a cat riding a bicycle")
@@ -279,11 +278,9 @@ def test_token_heatmap_is_shown_large_for_the_chosen_token(page):
     image = page.locator("#gen-token-map img")
     expect(image).to_have_count(1)
     before = image.get_attribute("src")
-    try:  # the <img> is laid out at a placeholder size until its picture loads
-        page.wait_for_function("document.querySelector('#gen-token-map img').getBoundingClientRect().width >= 300",
-                               timeout=15_000)
-    except PlaywrightTimeout:
-        pass  # the size is asserted (and shown) below
+    # the <img> is laid out at a placeholder size until its picture loads; the size is asserted (and shown) below
+    wait_in_page(page, "() => document.querySelector('#gen-token-map img').getBoundingClientRect().width >= 300",
+                 None, 15_000)
     box = image.bounding_box()
     assert box["width"] >= 300 and box["height"] >= 300, box  # readable in the page, not a 6 px label
     page.locator("#gen-map-token input").click()

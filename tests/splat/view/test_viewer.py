@@ -7,7 +7,6 @@ three.js). Skipped only when chromium or viser is not installed (``scripts/test.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import time
 
@@ -15,15 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import headless_chromium
 from tests.splat.helpers import DEMO, small_config
 
 pytestmark = pytest.mark.browser
 viser = pytest.importorskip("viser")
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader",
-                 "--enable-unsafe-swiftshader", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # fmt: skip
 TIMEOUT_S = 180  # two shared CPU cores: chromium's start and the first WebGL frame can be slow
 
 
@@ -35,11 +31,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def browser(playwright_driver):
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (scripts/test.sh installs Debian's chromium)")
-    browser = playwright_driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    yield browser
-    browser.close()
+    # SwiftShader for WebGL: viser draws with three.js
+    with headless_chromium(playwright_driver, "--use-gl=angle", "--use-angle=swiftshader",
+                           "--enable-unsafe-swiftshader") as browser:  # fmt: skip
+        yield browser
 
 
 @pytest.fixture(scope="module")
