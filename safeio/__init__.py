@@ -151,11 +151,16 @@ def remove_owned_dir(path: str | os.PathLike, owner: str) -> bool:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return False
-    mark = path / _OWNER_MARK
-    if path.is_symlink() or not path.is_dir() or not mark.is_file() or mark.read_text().strip() != owner:
+    if not _owned_by(path, owner):
         raise OwnershipError(f"refusing to delete {path}: it was not created by {owner}")
     shutil.rmtree(path)
     return True
+
+
+def _owned_by(path: Path, owner: str) -> bool:
+    """``path`` is a real folder (not a symbolic link) that :func:`make_owned_dir` marked for ``owner``."""
+    mark = path / _OWNER_MARK
+    return not path.is_symlink() and path.is_dir() and mark.is_file() and mark.read_text().strip() == owner
 
 
 def replace_dir(new: str | os.PathLike, target: str | os.PathLike, owner: str | None = None) -> Path:
@@ -172,10 +177,8 @@ def replace_dir(new: str | os.PathLike, target: str | os.PathLike, owner: str | 
     """
     new, target = Path(new), Path(target)
     exists = target.exists() or target.is_symlink()
-    if owner is not None and exists:
-        mark = target / _OWNER_MARK
-        if target.is_symlink() or not target.is_dir() or not mark.is_file() or mark.read_text().strip() != owner:
-            raise OwnershipError(f"refusing to replace {target}: it was not created by {owner}")
+    if owner is not None and exists and not _owned_by(target, owner):
+        raise OwnershipError(f"refusing to replace {target}: it was not created by {owner}")
     try:
         for root, _, files in os.walk(new):
             for name in files:
@@ -188,17 +191,17 @@ def replace_dir(new: str | os.PathLike, target: str | os.PathLike, owner: str | 
         aside = None
         if exists:
             aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rename(target, aside / target.name)
         try:
+            if aside is not None:
+                os.rename(target, aside / target.name)
             os.rename(new, target)
         except BaseException:
             if aside is not None:
-                os.rename(aside / target.name, target)
+                if not (target.exists() or target.is_symlink()):
+                    os.rename(aside / target.name, target)
                 aside.rmdir()
             raise
     except OSError as e:
-        if isinstance(e, WriteError):
-            raise
         raise WriteError(e.errno, _describe(e, target)) from e
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)

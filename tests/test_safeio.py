@@ -99,14 +99,17 @@ def test_replace_dir_swaps_a_folder_in_and_follows_the_umask(tmp_path):
     assert (tmp_path / "placed" / "sub" / "data.txt").read_text() == "first"
 
 
-def test_replace_dir_puts_the_old_folder_back_when_the_move_fails(tmp_path, monkeypatch):
-    """Mutation caught: the old folder not moved back (target missing after the failure)."""
+@pytest.mark.parametrize("failing_move", ["new into place", "old aside"])
+def test_replace_dir_puts_the_old_folder_back_when_the_move_fails(tmp_path, monkeypatch, failing_move):
+    """Mutations caught: the old folder not moved back (target missing after the failure); the folder made to
+    hold the old one left behind when moving it there fails."""
     target = _folder(tmp_path / "model", "old")
     new = _folder(tmp_path / ".model.tmp", "new")
     rename = os.rename
+    failing_src = new if failing_move == "new into place" else target
 
     def failing(src, dst):
-        if os.fspath(src) == os.fspath(new):
+        if os.fspath(src) == os.fspath(failing_src):
             raise OSError(28, "No space left on device")
         rename(src, dst)
 
